@@ -1,0 +1,139 @@
+"""`python -m genrobust <stage>`: the one entry point that Snakemake rules and DVC stages both call.
+
+Every stage takes explicit input and output paths (the pipelines own the layout) and reads
+its settings from params.yaml, resolved for the dataset's preset, plus any `--set` overrides
+(how Snakemake's `--config` reaches us). A `UserError` becomes one line on stderr and exit
+status 2; `--verbose` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from . import config
+from .errors import UserError
+
+
+def _stage(name: str, help_text: str, *arguments: tuple[str, dict[str, Any]]) -> Callable:
+    def register(func: Callable) -> Callable:
+        STAGES[name] = (help_text, arguments, func)
+        return func
+    return register
+
+
+STAGES: dict[str, tuple[str, tuple, Callable]] = {}
+DATASET = ("--dataset", {"required": True, "help": "a dataset declared under `datasets:` in params.yaml"})
+GENERATOR = ("--generator", {"required": True, "choices": ["edm", "ddpm"], "help": "diffusion model kind"})
+THREAT = ("--threat", {"required": True, "choices": ["linf", "l2"], "help": "threat model (see `threats:`)"})
+SHARD = ("--shard", {"type": int, "action": "append",
+                     "help": "make only this shard (repeatable) and no manifest; without it: every missing shard, then the manifest"})
+WORK = ("--work", {"required": True, "type": Path, "help": "resume state; not a pipeline output, so never deleted"})
+
+
+def _path(flag: str, help_text: str, required: bool = True) -> tuple[str, dict[str, Any]]:
+    return flag, {"required": required, "type": Path, "help": help_text}
+
+
+@_stage("prepare_data", "load a dataset and write uint8 32x32x3 train/test npz files", DATASET,
+        _path("--train-out", "train npz to write"), _path("--test-out", "test npz to write"))
+def _prepare_data(settings: dict, args: argparse.Namespace) -> None:
+    from .data.prepare import prepare_data
+    prepare_data(settings, args.train_out, args.test_out)
+
+
+@_stage("train_diffusion", "train a class-conditional diffusion model (resumable)", DATASET, GENERATOR,
+        _path("--train", "train npz"), _path("--out", "model checkpoint to write"), WORK)
+def _train_diffusion(settings: dict, args: argparse.Namespace) -> None:
+    from .diffusion.train import train_diffusion
+    train_diffusion(settings, args.generator, args.train, args.out, args.work)
+
+
+@_stage("sample_diffusion", "generate class-balanced samples as shards plus manifest.json", DATASET, GENERATOR,
+        _path("--model", "diffusion checkpoint"), _path("--out", "shard directory"), SHARD)
+def _sample_diffusion(settings: dict, args: argparse.Namespace) -> None:
+    from .diffusion.sample import sample_diffusion
+    sample_diffusion(settings, args.generator, args.model, args.out, args.shard)
+
+
+@_stage("fit_gaussian", "fit a Gaussian per class to the training images", DATASET,
+        _path("--train", "train npz"), _path("--out", "fit npz to write"))
+def _fit_gaussian(settings: dict, args: argparse.Namespace) -> None:
+    from .baselines.gaussian import fit_gaussian
+    fit_gaussian(settings, args.train, args.out)
+
+
+@_stage("sample_gaussian", "sample the per-class Gaussians into shards plus manifest.json", DATASET,
+        _path("--fit", "fit npz"), _path("--out", "shard directory"), SHARD)
+def _sample_gaussian(settings: dict, args: argparse.Namespace) -> None:
+    from .baselines.gaussian import sample_gaussian
+    sample_gaussian(settings, args.fit, args.out, args.shard)
+
+
+@_stage("train_classifier", "train the standard (non-robust) classifier (resumable)", DATASET,
+        _path("--train", "train npz"), _path("--out", "checkpoint to write"), WORK)
+def _train_classifier(settings: dict, args: argparse.Namespace) -> None:
+    from .training.standard import train_classifier
+    train_classifier(settings, args.train, args.out, args.work)
+
+
+@_stage("pseudo_label", "label generated images with the standard classifier", DATASET,
+        _path("--classifier", "standard classifier checkpoint"), _path("--shards", "shard directory"),
+        _path("--out", "labels npz to write"))
+def _pseudo_label(settings: dict, args: argparse.Namespace) -> None:
+    from .pseudo_label import pseudo_label
+    pseudo_label(settings, args.classifier, args.shards, args.out)
+
+
+@_stage("adv_train", "adversarial training on real + generated batches (resumable)", DATASET, THREAT,
+        _path("--train", "train npz"), _path("--shards", "generated shard directory", required=False),
+        _path("--labels", "pseudo-labels npz of those shards", required=False),
+        _path("--out", "checkpoint to write"), WORK)
+def _adv_train(settings: dict, args: argparse.Namespace) -> None:
+    from .training.adversarial import adv_train
+    if (args.shards is None) != (args.labels is None):
+        raise UserError("adv_train: give both --shards and --labels, or neither (no generated data)")
+    adv_train(settings, args.threat, args.train, args.out, args.work, args.shards, args.labels)
+
+
+@_stage("evaluate", "AutoAttack on the test set; writes the result JSON", DATASET, THREAT,
+        _path("--checkpoint", "classifier checkpoint (any genrobust checkpoint, in the DAG or not)"),
+        _path("--test", "test npz"), _path("--out", "result JSON to write"))
+def _evaluate(settings: dict, args: argparse.Namespace) -> None:
+    from .evaluation.evaluate import evaluate
+    evaluate(settings, args.threat, args.checkpoint, args.test, args.out)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="genrobust", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (help_text, arguments, _) in STAGES.items():
+        stage = sub.add_parser(name, help=help_text, description=help_text)
+        for flag, options in arguments:
+            stage.add_argument(flag, **options)
+        stage.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+        stage.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a param, e.g. --set preset=smoke (repeatable)")
+        stage.add_argument("--verbose", action="store_true", help="show tracebacks")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        params = config.load_params(args.params, args.overrides)
+        settings = config.resolve(params, args.dataset, str(args.params))
+        STAGES[args.stage][2](settings, args)
+    except UserError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"genrobust {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

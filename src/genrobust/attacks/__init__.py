@@ -1,0 +1,1 @@
+"""White-box attacks used inside training and for validation (AutoAttack lives in evaluation/)."""

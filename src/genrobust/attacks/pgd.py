@@ -1,0 +1,73 @@
+"""Projected gradient descent in the Linf or L2 ball, intersected with the [0, 1] pixel box."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LossFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """Nearest point to x_adv that is within eps of x and inside the pixel box."""
+    delta = x_adv - x
+    if norm == "Linf":
+        delta = delta.clamp(-eps, eps)
+    elif norm == "L2":
+        delta = delta * (eps / _flat_norm(delta)).clamp(max=1.0)
+    else:
+        raise ValueError(f"unknown norm {norm!r}; expected Linf or L2")
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def ascend(x_adv: torch.Tensor, grad: torch.Tensor, norm: str, step_size: float) -> torch.Tensor:
+    if norm == "Linf":
+        return x_adv + step_size * grad.sign()
+    return x_adv + step_size * grad / _flat_norm(grad)
+
+
+def random_start(x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """Uniform in the Linf ball, or a random direction at a uniform radius in the L2 ball."""
+    if norm == "Linf":
+        return project(x + torch.empty_like(x).uniform_(-eps, eps), x, norm, eps)
+    noise = torch.randn_like(x)
+    radius = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) * eps
+    return project(x + noise / _flat_norm(noise) * radius, x, norm, eps)
+
+
+def maximise(loss_fn: LossFn, x: torch.Tensor, start: torch.Tensor, norm: str, eps: float, step_size: float,
+             steps: int) -> torch.Tensor:
+    """Gradient ascent on loss_fn(x_adv) from `start`, projecting after every step."""
+    x_adv = start.detach()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        grad, = torch.autograd.grad(loss_fn(x_adv), x_adv)
+        x_adv = project(ascend(x_adv.detach(), grad, norm, step_size), x, norm, eps).detach()
+    return x_adv
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step_size: float,
+        steps: int) -> torch.Tensor:
+    """Madry et al.'s PGD on cross-entropy with a random start."""
+    return maximise(lambda adv: F.cross_entropy(model(adv), y, reduction="sum"), x, random_start(x, norm, eps),
+                    norm, eps, step_size, steps)
+
+
+@torch.no_grad()
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step_size: float,
+                    steps: int, batch_size: int = 256) -> float:
+    """PGD accuracy of a model in eval mode, batched."""
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        with torch.enable_grad():
+            adv = pgd(model, xb, yb, norm, eps, step_size, steps)
+        correct += int((model(adv).argmax(1) == yb).sum())
+    return correct / max(len(x), 1)

@@ -1,0 +1,1 @@
+"""Non-diffusion sources of generated data."""

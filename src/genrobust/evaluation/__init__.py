@@ -1,0 +1,1 @@
+"""Robustness evaluation with AutoAttack and the result JSON."""

@@ -1,0 +1,85 @@
+"""AutoAttack (pyautoattack, the official code repackaged) with the per-attack accuracies it logs.
+
+`run_standard_evaluation` returns only the adversarial examples; the accuracy after each
+attack in the sequence is logged by the package, so we read it off its logger rather than
+re-running attacks. The final robust accuracy is recomputed from the returned examples.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+import torch
+from pyautoattack import AutoAttack
+from torch import nn
+
+from ..errors import UserError
+
+_AFTER = re.compile(r"robust accuracy after (\S+): ([\d.]+)%")
+
+
+class _AccuracyLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.after: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _AFTER.search(record.getMessage())
+        if match:
+            self.after[match.group(1).lower()] = float(match.group(2)) / 100
+
+
+@dataclass
+class AttackResult:
+    clean_accuracy: float
+    robust_accuracy: float
+    per_attack: dict[str, float] = field(default_factory=dict)
+    attacks: list[str] = field(default_factory=list)
+
+
+class _CheckedLogits(nn.Module):
+    """Refuses NaN or infinite logits, which would make every attack silently fail."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        if not torch.isfinite(logits).all():
+            raise UserError("the model produced NaN or infinite logits; refusing to evaluate it")
+        return logits
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, version: str,
+                   attacks: list[str] | None, batch_size: int, seed: int) -> AttackResult:
+    checked = _CheckedLogits(model).eval()
+    with torch.no_grad():
+        clean = float((checked(x).argmax(1) == y).float().mean()) if len(x) else 0.0
+    adversary = AutoAttack(checked, norm=norm, eps=eps, version=version, seed=seed, device=x.device,
+                           attacks=attacks if version == "custom" else None)
+    num_classes = int(checked(x[:1]).shape[1])
+    # Targeted attacks aim at the top-9 other classes; a dataset with fewer classes has fewer targets.
+    adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, num_classes - 1)
+    adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, num_classes - 1)
+    handler = _AccuracyLog()
+    logger = logging.getLogger("auto-attack")
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+    with torch.no_grad():
+        robust = float((checked(x_adv).argmax(1) == y).float().mean()) if len(x) else 0.0
+    ran = list(adversary.attacks_to_run)
+    # Attacks skipped because no robust point was left leave the accuracy where it was.
+    per_attack, last = {}, clean
+    for attack in ran:
+        last = handler.after.get(attack, last)
+        per_attack[attack] = last
+    return AttackResult(clean, robust, per_attack, ran)

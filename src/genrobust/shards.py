@@ -1,0 +1,124 @@
+"""Sharded storage of generated images: the layout, the pure-function seeding, and a reader.
+
+A generated set of N images lives in `shards/shard-00000.npz` ... plus `shards/manifest.json`.
+Shard k holds images [k*S, min((k+1)*S, N)); image i is of class i mod K (class-balanced);
+its random numbers come from a seed derived from (base seed, k) alone, so any shard can be
+made on any machine, in any order, and is identical every time on the same device and dtype.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import io
+from .errors import UserError
+from .provenance import meta_array
+
+MANIFEST = "manifest.json"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.npz"
+
+
+def shard_bounds(num_images: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_size, num_images)) for start in range(0, num_images, shard_size)]
+
+
+def shard_labels(start: int, stop: int, num_classes: int) -> np.ndarray:
+    return np.arange(start, stop, dtype=np.int64) % num_classes
+
+
+def shard_seed(base_seed: int, index: int) -> int:
+    """A well-mixed 63-bit seed from (base seed, shard index), independent of everything else."""
+    return int(np.random.SeedSequence([base_seed, index]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def write_shard(directory: str | os.PathLike, index: int, images: np.ndarray, labels: np.ndarray,
+                meta: dict[str, Any]) -> Path:
+    path = Path(directory) / shard_name(index)
+    io.validate_images(path, {"image": images, "label": labels})
+    io.save_npz(path, image=images, label=labels, meta=meta_array(meta))
+    return path
+
+
+def shard_is_complete(path: Path, expected: int) -> bool:
+    """A shard counts as done only if it opens and holds the expected number of images."""
+    if not path.is_file():
+        return False
+    try:
+        images, labels = io.load_images(path)
+    except UserError:
+        return False
+    return len(images) == expected
+
+
+def write_manifest(directory: str | os.PathLike, bounds: Sequence[tuple[int, int]], num_classes: int,
+                   **fields: Any) -> dict[str, Any]:
+    """Hash every shard and record the set; written last, so its presence means the set is whole."""
+    directory = Path(directory)
+    shards = []
+    for index, (start, stop) in enumerate(bounds):
+        path = directory / shard_name(index)
+        if not shard_is_complete(path, stop - start):
+            raise UserError(f"{path}: missing or incomplete shard ({stop - start} images expected)")
+        shards.append({"file": path.name, "start": start, "count": stop - start, "sha256": io.sha256(path)})
+    manifest = {"count": bounds[-1][1] if bounds else 0, "num_classes": num_classes, "shards": shards, **fields}
+    io.write_json(directory / MANIFEST, manifest)
+    return manifest
+
+
+@dataclass
+class ShardSet:
+    """Memory-mapped view of a shard directory: indexing reads only the images asked for."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    offsets: np.ndarray
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, verify: bool = False) -> "ShardSet":
+        directory = Path(directory)
+        manifest = io.read_json(directory / MANIFEST)
+        images, labels = [], []
+        for entry in manifest["shards"]:
+            path = directory / entry["file"]
+            if verify and io.sha256(path) != entry["sha256"]:
+                raise UserError(f"{path}: content hash differs from {directory / MANIFEST}; the shard is corrupt")
+            shard_images, shard_labels = io.validate_images(path, io.open_npz(path), manifest["num_classes"],
+                                                            allow_unlabelled=True)
+            if len(shard_images) != entry["count"]:
+                raise UserError(f"{path}: holds {len(shard_images)} images, {directory / MANIFEST} says {entry['count']}")
+            images.append(shard_images)
+            labels.append(shard_labels)
+        offsets = np.cumsum([0] + [len(x) for x in images])
+        if offsets[-1] != manifest["count"]:
+            raise UserError(f"{directory / MANIFEST}: count {manifest['count']} disagrees with its shards ({offsets[-1]})")
+        return cls(directory, manifest, images, labels, offsets)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels at global indices (any order), touching only those rows of the shards."""
+        indices = np.asarray(indices, dtype=np.int64)
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        images = np.empty((len(indices), *io.IMAGE_SHAPE), dtype=np.uint8)
+        labels = np.empty(len(indices), dtype=np.int64)
+        for shard in np.unique(which):
+            mask = which == shard
+            local = indices[mask] - self.offsets[shard]
+            images[mask] = self.images[shard][local]
+            labels[mask] = self.labels[shard][local]
+        return images, labels
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(self), batch_size):
+            yield self.take(np.arange(start, min(start + batch_size, len(self))))

@@ -1,0 +1,1 @@
+"""Standard and adversarial training: losses, batch mixing, EMA, resumable state."""

@@ -1,0 +1,64 @@
+"""The `adv_train` stage: TRADES or PGD-AT on batches that mix real and pseudo-labelled generated images."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import io
+from ..errors import UserError
+from ..models.checkpoint import save_classifier
+from ..provenance import StageClock, read_meta
+from ..shards import ShardSet
+from .common import load_real, new_model
+from .loop import Recipe, TrainingData, fit
+from .mixing import BatchMixer
+
+
+def load_generated(data: TrainingData, shard_dir: Path, labels_path: Path, num_classes: int) -> list[dict]:
+    """Attach the kept generated images and their pseudo-labels to `data`; return both files' provenance."""
+    shards = ShardSet.open(shard_dir)
+    arrays = io.open_npz(labels_path)
+    for key in ("label", "confidence", "keep"):
+        if key not in arrays:
+            raise UserError(f"{labels_path}: missing array {key!r}; rerun pseudo_label")
+    if len(arrays["label"]) != len(shards):
+        raise UserError(f"{labels_path}: labels {len(arrays['label'])} images, {shard_dir} holds {len(shards)}; "
+                        "rerun pseudo_label")
+    keep = np.flatnonzero(np.asarray(arrays["keep"]))
+    labels = np.asarray(arrays["label"])[keep]
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(f"{labels_path}: labels outside [0, {num_classes - 1}]")
+    data.generated, data.generated_index, data.generated_labels = shards, keep, labels
+    return [shards.manifest.get("meta", {}), read_meta(arrays)]
+
+
+def adv_train(settings: dict[str, Any], threat: str, train_path: Path, model_out: Path, work_dir: Path,
+              shard_dir: Path | None = None, labels_path: Path | None = None) -> None:
+    cfg, num_classes, seed = settings["adv_train"], settings["dataset"]["num_classes"], settings["seed"]
+    attack = settings["threats"][threat]
+    images, labels = load_real(train_path, num_classes)
+    upstream = [read_meta(io.open_npz(train_path))]
+    data = TrainingData(images, labels)
+    if shard_dir is not None:
+        upstream += load_generated(data, shard_dir, labels_path, num_classes)
+    clock = StageClock("adv_train", *upstream)
+    n_generated = 0 if data.generated_index is None else len(data.generated_index)
+    mixer = BatchMixer(len(images), n_generated, cfg["batch_size"], cfg["generated_fraction"], seed)
+    recipe = Recipe(loss=cfg["loss"], total_steps=math.ceil(cfg["images_seen"] / cfg["batch_size"]), lr=cfg["lr"],
+                    momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"],
+                    warmup_fraction=cfg["warmup_fraction"], ema_decay=cfg["ema_decay"], seed=seed,
+                    norm=attack["norm"], eps=attack["eps"], step_size=attack["step_size"],
+                    attack_steps=cfg["attack_steps"], beta=cfg["beta"], label_smoothing=cfg["label_smoothing"])
+    print(f"adv_train: {recipe.total_steps} steps of {mixer.real_per_batch} real + {mixer.generated_per_batch} "
+          f"generated images ({n_generated} generated available), {cfg['loss']} at {attack['norm']} eps={attack['eps']:.4g}")
+    model = new_model(cfg["model"], num_classes, images, seed)
+    model, history = fit(model, data, mixer, recipe, work_dir)
+    save_classifier(model_out, model, cfg["model"], num_classes,
+                    clock.meta(history=history, images_seen=recipe.total_steps * cfg["batch_size"], threat=threat,
+                               generator=settings["generator"] if shard_dir else "none",
+                               num_generated=n_generated, loss=cfg["loss"]))
+    print(f"adv_train: wrote {model_out}")

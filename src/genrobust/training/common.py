@@ -1,0 +1,34 @@
+"""What both training stages need before the loop: the device, the real data, a fresh model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import io
+from ..models.checkpoint import build_classifier
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_real(train_path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = io.load_images(train_path, num_classes)
+    return np.asarray(images), np.asarray(labels)
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1], which the model uses to normalise its own input."""
+    pixels = images.reshape(-1, 3).astype(np.float64) / 255
+    return pixels.mean(0).tolist(), np.maximum(pixels.std(0), 1e-3).tolist()
+
+
+def new_model(spec: Mapping[str, Any], num_classes: int, images: np.ndarray, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    mean, std = channel_stats(images)
+    return build_classifier(spec, num_classes, mean, std).to(device())

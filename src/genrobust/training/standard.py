@@ -1,0 +1,27 @@
+"""The `train_classifier` stage: a standard (non-robust) classifier, used to pseudo-label generated images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import io
+from ..models.checkpoint import save_classifier
+from ..provenance import StageClock, read_meta
+from .common import load_real, new_model
+from .loop import Recipe, TrainingData, fit
+from .mixing import BatchMixer
+
+
+def train_classifier(settings: dict[str, Any], train_path: Path, model_out: Path, work_dir: Path) -> None:
+    clock = StageClock("train_classifier", read_meta(io.open_npz(train_path)))
+    cfg, num_classes, seed = settings["classifier"], settings["dataset"]["num_classes"], settings["seed"]
+    images, labels = load_real(train_path, num_classes)
+    model = new_model(cfg["model"], num_classes, images, seed)
+    mixer = BatchMixer(len(images), 0, cfg["batch_size"], 0.0, seed)
+    recipe = Recipe(loss="ce", total_steps=cfg["epochs"] * mixer.steps_per_epoch(), lr=cfg["lr"], momentum=0.9,
+                    nesterov=True, weight_decay=cfg["weight_decay"], warmup_fraction=0.025, ema_decay=None, seed=seed)
+    model, history = fit(model, TrainingData(images, labels), mixer, recipe, work_dir)
+    save_classifier(model_out, model, cfg["model"], num_classes,
+                    clock.meta(history=history, images_seen=recipe.total_steps * cfg["batch_size"]))
+    print(f"train_classifier: wrote {model_out}")

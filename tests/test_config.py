@@ -1,0 +1,77 @@
+"""params.yaml validation: every bad value is one line naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from genrobust import config
+from genrobust.errors import UserError
+
+from .conftest import ROOT
+
+
+def test_shipped_params_are_valid_and_resolve_per_dataset(params: dict) -> None:
+    digits = config.resolve(params, "digits")
+    cifar = config.resolve(params, "cifar10")
+    assert digits["preset"] == "smoke" and cifar["preset"] == "paper"
+    assert cifar["adv_train"]["model"] == {"arch": "wrn", "depth": 28, "width": 10, "activation": "silu"}
+    assert cifar["adv_train"]["generated_fraction"] == 0.7 and cifar["adv_train"]["beta"] == 5.0
+    assert digits["adv_train"]["model"]["depth"] < 28          # the preset overrides only what it names ...
+    assert digits["adv_train"]["beta"] == 5.0                   # ... and keeps the rest
+
+
+def test_explicit_preset_overrides_auto(params: dict) -> None:
+    params = config.apply_overrides(params, ["preset=smoke"])
+    assert config.resolve(config.validate(params), "cifar10")["preset"] == "smoke"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("adv_train.generated_fracton=0.3", "unknown key adv_train.generated_fracton"),
+    ("adv_train.generated_fraction=1.5", "adv_train.generated_fraction = 1.5: must be at most 1"),
+    ("threats.linf.eps=-0.1", "threats.linf.eps = -0.1: must be greater than 0"),
+    ("adv_train.batch_size=0", "adv_train.batch_size = 0: must be at least 1"),
+    ("adv_train.batch_size=big", "adv_train.batch_size = 'big': must be of type integer"),
+    ("preset=fast", "preset = 'fast': must be one of 'auto', 'smoke', 'small', 'paper'"),
+    ("generator=vae", "generator = 'vae': must be one of"),
+    ("sample.shard_size=0", "sample.shard_size = 0: must be at least 1"),
+    ("presets.smoke.sample.shard_size=0", "presets.smoke.sample.shard_size = 0: must be at least 1"),
+    ("presets.smoke.sample.num_images=605", "sample.num_images = 605 (preset smoke, dataset digits): must be a multiple"),
+    ("pipeline.datasets=[cifar9]", "pipeline.datasets names 'cifar9'"),
+    ("datasets.mine={source: npz, num_classes: 10, auto_preset: smoke}", "datasets.mine: 'train' is a required property"),
+    ("generator=ddpm", "add 'ddpm' there"),
+])
+def test_bad_values_are_named(params: dict, override: str, expected: str) -> None:
+    with pytest.raises(UserError) as error:
+        config.validate(config.apply_overrides(params, [override]))
+    assert expected in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_overrides_between_round_trips(params: dict) -> None:
+    changed = config.apply_overrides(params, ["preset=smoke", "adv_train.model.activation=relu"])
+    overrides = config.overrides_between(params, changed)
+    assert sorted(overrides) == ['adv_train.model.activation="relu"', 'preset="smoke"']
+    assert config.apply_overrides(params, overrides) == changed
+
+
+def test_cli_reports_a_bad_param_in_one_line_without_traceback(tmp_path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text((ROOT / "params.yaml").read_text().replace("generated_fraction: 0.7", "generated_fraction: 2"))
+    run = subprocess.run([sys.executable, "-m", "genrobust", "prepare_data", "--dataset", "digits", "--params", str(bad),
+                          "--train-out", str(tmp_path / "a.npz"), "--test-out", str(tmp_path / "b.npz")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"genrobust prepare_data: error: {bad}: adv_train.generated_fraction = 2: must be at most 1"]
+
+
+@pytest.mark.parametrize("stage", ["prepare_data", "train_diffusion", "sample_diffusion", "fit_gaussian",
+                                   "sample_gaussian", "train_classifier", "pseudo_label", "adv_train", "evaluate"])
+def test_every_stage_has_help_and_names_missing_arguments(stage: str) -> None:
+    helped = subprocess.run([sys.executable, "-m", "genrobust", stage, "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "--dataset" in helped.stdout
+    missing = subprocess.run([sys.executable, "-m", "genrobust", stage], capture_output=True, text=True)
+    assert missing.returncode == 2 and "the following arguments are required: --dataset" in missing.stderr

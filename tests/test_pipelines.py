@@ -1,0 +1,124 @@
+"""The real Snakemake and DVC pipelines, end to end on the digits smoke preset, and their agreement."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+PROJECT = ["Snakefile", "workflow", "params.yaml", "dvc.yaml", ".dvcignore", "src"]
+ARTIFACTS = ("data", "models", "results")
+TARGET = "results/digits_linf.json"
+ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def run(args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def copy_project(destination: Path) -> Path:
+    destination.mkdir(parents=True)
+    for name in PROJECT:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def artifacts(root: Path) -> set[str]:
+    return {str(path.relative_to(root)) for top in ARTIFACTS for path in (root / top).rglob("*")
+            if path.is_file() and path.name != ".gitignore"}
+
+
+@pytest.fixture(scope="module")
+def snakemake_project(tmp_path_factory) -> Path:
+    project = copy_project(tmp_path_factory.mktemp("snakemake") / "project")
+    run(["snakemake", "--cores", "2", TARGET], project)
+    return project
+
+
+def parse_dry_run(output: str) -> dict[str, list[dict]]:
+    """Jobs of `snakemake -n -p` by rule: their inputs, outputs and shell command."""
+    jobs: dict[str, list[dict]] = {}
+    job: dict = {}
+    for line in output.splitlines():
+        if match := re.match(r"rule (\w+):$", line):
+            job = {"input": [], "output": []}
+            jobs.setdefault(match.group(1), []).append(job)
+        elif match := re.match(r"    (input|output): (.*)$", line):
+            job[match.group(1)] = match.group(2).split(", ")
+        elif line.startswith("Shell command: "):
+            job["shell"] = line.removeprefix("Shell command: ")
+    return jobs
+
+
+@pytest.mark.e2e
+def test_snakemake_runs_the_whole_dag_on_digits(snakemake_project: Path) -> None:
+    result = json.loads((snakemake_project / TARGET).read_text())
+    for key in ("clean_accuracy", "robust_accuracy", "per_attack_accuracy", "n_examples", "eps", "norm", "preset",
+                "hashes", "stage_wall_time_s", "package_versions", "attack"):
+        assert key in result, key
+    assert result["preset"] == "smoke" and result["norm"] == "Linf" and result["eps"] == pytest.approx(8 / 255)
+    assert result["attack"]["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert set(result["stage_wall_time_s"]) == {"prepare_data", "train_diffusion", "sample_diffusion",
+                                                "train_classifier", "pseudo_label", "adv_train", "evaluate"}
+    assert result["generator"] == "edm" and result["num_generated"] > 0
+    assert result["clean_accuracy"] >= 0.85
+    assert 0.1 < result["robust_accuracy"] < result["clean_accuracy"]
+    assert min(result["per_attack_accuracy"].values()) == pytest.approx(result["robust_accuracy"])
+    again = run(["snakemake", "--cores", "2", TARGET], snakemake_project)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.e2e
+def test_dvc_repro_makes_the_same_files(snakemake_project: Path, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "dvc")
+    run(["git", "init", "-q"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["dvc", "repro"], project)
+    assert artifacts(project) == artifacts(snakemake_project)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_every_dvc_stage_is_a_snakemake_rule(tmp_path: Path) -> None:
+    """Same command, inputs and outputs, so the two pipelines cannot drift apart."""
+    from dvc.repo import Repo
+
+    project = copy_project(tmp_path / "p")
+    run(["git", "init", "-q"], project)
+    run(["dvc", "init", "-q"], project)
+    gaussian = "data/digits/generated/gaussian/shards/manifest.json"    # the generator: edm target skips it
+    rules = parse_dry_run(run(["snakemake", "-n", "-p", "--forceall", "--cores", "1", TARGET, gaussian], project).stdout)
+    stages = Repo(str(project)).index.stages
+    assert {stage.name.split("@")[0] for stage in stages} == {rule for rule in rules if not rule.endswith("_shard")}
+    for stage in stages:
+        name = stage.name.split("@")[0]
+        job, = rules[name]
+        assert re.sub(r"\s+>.*$", "", job["shell"]).strip() == stage.cmd
+        dirs = [str(out.def_path) for out in stage.outs] + [str(dep.def_path) for dep in stage.deps]
+
+        def as_dvc(path: str) -> str:      # a shard or manifest inside a DVC-tracked directory is that directory
+            return next((d for d in dirs if path.startswith(d + "/")), path)
+
+        data_deps = {str(dep.def_path) for dep in stage.deps if not str(dep.def_path).startswith(("src/", "params"))}
+        outs = {str(out.def_path) for out in stage.outs}
+        # The gather rules' inputs are the shards of their own output directory (made by the per-shard jobs).
+        assert {as_dvc(path) for path in job["input"]} - outs == data_deps, name
+        assert {as_dvc(path) for path in job["output"]} == outs, name
+
+
+def test_snakemake_lint_is_clean() -> None:
+    done = subprocess.run(["snakemake", "--lint"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

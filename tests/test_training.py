@@ -1,0 +1,140 @@
+"""Batch mixing, attacks, losses, EMA, and the resumable loop, on tiny inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrobust.attacks.pgd import pgd, project
+from genrobust.training.ema import EMA, refresh_batchnorm
+from genrobust.training.losses import pgd_at_loss, trades_loss
+from genrobust.training.loop import Recipe, TrainingData, fit, lr_at
+from genrobust.training.mixing import BatchMixer
+
+
+def test_mixer_counts_and_every_real_image_once_per_pass() -> None:
+    mixer = BatchMixer(n_real=50, n_generated=1000, batch_size=20, generated_fraction=0.7, seed=0)
+    assert (mixer.real_per_batch, mixer.generated_per_batch) == (6, 14)
+    stream = np.concatenate([mixer.batch(t)[0] for t in range(25)])      # 150 real draws = 3 passes
+    for p in range(3):
+        assert sorted(stream[p * 50:(p + 1) * 50].tolist()) == list(range(50))
+    assert all(len(mixer.batch(t)[1]) == 14 for t in range(5))
+    assert np.array_equal(mixer.batch(7)[1], mixer.batch(7)[1])          # a pure function of the step
+
+
+def test_mixer_without_replacement_and_without_generated_data() -> None:
+    mixer = BatchMixer(10, 30, 10, 0.5, seed=1, replacement=False)
+    drawn = np.concatenate([mixer.batch(t)[1] for t in range(6)])
+    assert sorted(drawn.tolist()) == list(range(30))
+    real_only = BatchMixer(10, 0, 4, 0.7, seed=1)
+    assert (real_only.real_per_batch, real_only.generated_per_batch, real_only.steps_per_epoch()) == (4, 0, 3)
+
+
+def _linear_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", 8 / 255), ("L2", 0.5)])
+def test_pgd_stays_in_the_ball_and_the_box(norm: str, eps: float) -> None:
+    model = _linear_model()
+    x = torch.rand(16, 3, 2, 2)
+    x[0] = 0.0
+    x[1] = 1.0
+    y = torch.randint(0, 3, (16,))
+    adv = pgd(model, x, y, norm, eps, eps / 4, 10)
+    delta = (adv - x).flatten(1)
+    bound = delta.abs().max(1).values if norm == "Linf" else delta.norm(dim=1)
+    assert (bound <= eps + 1e-6).all() and adv.min() >= 0 and adv.max() <= 1
+    assert F.cross_entropy(model(adv), y) > F.cross_entropy(model(x), y)
+
+
+def test_losses_match_hand_computation_at_zero_radius() -> None:
+    """With eps = 0 the attack cannot move, so TRADES is CE + beta * KL(p || p) = CE and PGD-AT is CE."""
+    model = _linear_model()
+    x, y = torch.rand(8, 3, 2, 2), torch.randint(0, 3, (8,))
+    expected = F.cross_entropy(model(x), y, label_smoothing=0.1)
+    trades = trades_loss(model, x, y, "Linf", 0.0, 0.01, 3, beta=5.0, label_smoothing=0.1)
+    assert torch.allclose(trades, expected, atol=1e-6)
+    assert torch.allclose(pgd_at_loss(model, x, y, "Linf", 0.0, 0.01, 3, label_smoothing=0.1), expected, atol=1e-6)
+
+
+def test_trades_kl_term_by_hand() -> None:
+    model = _linear_model()
+    x, y = torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,))
+    torch.manual_seed(5)
+    loss = trades_loss(model, x, y, "Linf", 0.1, 0.05, 2, beta=2.0)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        clean = F.softmax(model(x), 1)
+    start = project(x + 0.001 * torch.randn_like(x), x, "Linf", 0.1)
+    adv = start
+    for _ in range(2):
+        adv = adv.detach().requires_grad_(True)
+        grad, = torch.autograd.grad(F.kl_div(F.log_softmax(model(adv), 1), clean, reduction="sum"), adv)
+        adv = project(adv + 0.05 * grad.sign(), x, "Linf", 0.1)
+    p, q = F.softmax(model(x), 1), F.softmax(model(adv), 1)
+    by_hand = F.cross_entropy(model(x), y) + 2.0 * (p * (p.log() - q.log())).sum() / 4
+    assert torch.allclose(loss, by_hand, atol=1e-5)
+
+
+def test_ema_warm_up_and_batchnorm_refresh() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = EMA(model, decay=0.995)
+    assert [round(ema.current_decay(), 4) for _ in range(1)] == [0.1]
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    before = ema.model[0].weight.clone()
+    ema.update(model)          # decay (1+0)/(10+0) = 0.1: mostly the new weights
+    assert torch.allclose(ema.model[0].weight, 0.1 * before + 0.9 * torch.ones(2, 2))
+    ema.updates = 10_000
+    assert ema.current_decay() == 0.995
+    batches = [torch.randn(64, 2) * 3 + 5 for _ in range(4)]
+    refresh_batchnorm(ema.model, batches)
+    features = ema.model[0](torch.cat(batches))
+    assert torch.allclose(ema.model[1].running_mean, features.mean(0), atol=1e-4)
+    assert not ema.model.training
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
+    recipe = Recipe("ce", 100, 0.2, 0.9, True, 5e-4, 0.1, None, 0)
+    assert lr_at(0, recipe) == pytest.approx(0.02) and lr_at(9, recipe) == pytest.approx(0.2)
+    assert lr_at(99, recipe) < 1e-3 and max(lr_at(t, recipe) for t in range(100)) == pytest.approx(0.2)
+
+
+def test_killed_training_resumes_from_its_last_epoch(tmp_path) -> None:
+    """Stopping after epoch 2 of 4 and resuming gives the same weights as an uninterrupted run."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(40, dtype=np.int64) % 2
+    images = (labels[:, None, None, None] * 120 + rng.integers(0, 60, (40, 32, 32, 3))).astype(np.uint8)
+    data = TrainingData(images, labels)
+    mixer = BatchMixer(40, 0, 10, 0.0, seed=0)
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 2))
+
+    full = Recipe("trades", 16, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, "Linf", 8 / 255, 2 / 255, 2, 5.0)
+    reference, history = fit(model(), data, mixer, full, tmp_path / "a", log=lambda _: None)
+    assert [row["step"] for row in history] == [4, 8, 12, 16]
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_two(line: str) -> None:     # raised before epoch 2's state is saved
+        if line.startswith("epoch=2"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(model(), data, mixer, full, tmp_path / "b", log=kill_in_epoch_two)
+    assert torch.load(tmp_path / "b" / "state.pt", weights_only=False)["step"] == 4
+    logs: list[str] = []
+    resumed, history = fit(model(), data, mixer, full, tmp_path / "b", log=logs.append)
+    assert logs[0] == f"resuming from {tmp_path / 'b' / 'state.pt'} at step 4/16"
+    assert [row["step"] for row in history] == [4, 8, 12, 16]
+    for name, value in reference.state_dict().items():
+        assert torch.allclose(value.float(), resumed.state_dict()[name].float(), atol=1e-6), name

@@ -1,0 +1,61 @@
+# Validation, settings and the command prefix shared by every rule.
+import json
+import os
+import shlex
+
+import yaml
+
+from genrobust import config as params_config
+
+# Validated with the same schema and loader as the CLI, so a bad value fails here, before any job.
+PARAMS = params_config.validate(config, "params.yaml (with --config overrides)")
+with open(workflow.configfiles[0] if workflow.configfiles else "params.yaml") as handle:
+    FILE_PARAMS = yaml.safe_load(handle)
+# `--config` overrides reach the CLI as `--set key=value`, so the stage sees what Snakemake validated.
+OVERRIDES = " ".join(
+    shlex.quote(f"--set={item}") for item in params_config.overrides_between(FILE_PARAMS, PARAMS)
+)
+
+
+wildcard_constraints:
+    dataset="[a-z][a-z0-9_]*",
+    threat="linf|l2",
+    diffusion="edm|ddpm",
+    generator="edm|ddpm|gaussian",
+    shard=r"\d{5}",
+
+
+def settings(*sections):
+    """A rule's resolved settings as a string: Snakemake's params trigger reruns the rule when they change."""
+
+    def resolve(wildcards):
+        resolved = params_config.resolve(PARAMS, wildcards.dataset)
+        return json.dumps({section: resolved[section] for section in sections}, sort_keys=True)
+
+    return resolve
+
+
+def shard_files(directory):
+    """Every shard path of a generated set: the count follows from params, so no checkpoint rule is needed."""
+
+    def files(wildcards):
+        sample = params_config.resolve(PARAMS, wildcards.dataset)["sample"]
+        count = -(-sample["num_images"] // sample["shard_size"])
+        return [f"{directory.format(**wildcards)}/shard-{index:05d}.npz" for index in range(count)]
+
+    return files
+
+
+def generated_inputs(wildcards):
+    """adv_train's generated data: the shards and labels of params' `generator`, or nothing for `none`."""
+    generator = PARAMS["generator"]
+    if generator == "none":
+        return {}
+    base = f"data/{wildcards.dataset}/generated/{generator}"
+    return {"manifest": f"{base}/shards/manifest.json", "labels": f"{base}/labels.npz"}
+
+
+def generated_args(wildcards, input):
+    if "labels" not in input.keys():
+        return ""
+    return f"--shards {os.path.dirname(input.manifest)} --labels {input.labels}"

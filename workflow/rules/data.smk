@@ -1,0 +1,17 @@
+rule prepare_data:
+    output:
+        train="data/{dataset}/train.npz",
+        test="data/{dataset}/test.npz",
+    params:
+        overrides=OVERRIDES,
+        settings=lambda w: json.dumps(PARAMS["datasets"][w.dataset], sort_keys=True),
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/prepare_data.log",
+    benchmark:
+        "benchmarks/{dataset}/prepare_data.tsv"
+    threads: 1
+    shell:
+        "python -m genrobust prepare_data --dataset {wildcards.dataset} --train-out {output.train} "
+        "--test-out {output.test} {params.overrides} > {log} 2>&1"

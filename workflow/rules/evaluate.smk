@@ -1,0 +1,19 @@
+rule evaluate:
+    input:
+        model="models/{dataset}/adv/{threat}/model.pt",
+        test="data/{dataset}/test.npz",
+    output:
+        result="results/{dataset}_{threat}.json",
+    params:
+        overrides=OVERRIDES,
+        settings=settings("evaluate"),
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/evaluate_{threat}.log",
+    benchmark:
+        "benchmarks/{dataset}/evaluate_{threat}.tsv"
+    threads: workflow.cores
+    shell:
+        "python -m genrobust evaluate --dataset {wildcards.dataset} --threat {wildcards.threat} --checkpoint {input.model} "
+        "--test {input.test} --out {output.result} {params.overrides} > {log} 2>&1"

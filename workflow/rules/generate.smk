@@ -1,0 +1,130 @@
+# Generated data: a class-conditional diffusion model (edm or ddpm) or the per-class Gaussian baseline.
+# Each shard is its own job (the {shard} wildcard), so shards spread over cores, GPUs or cluster nodes,
+# and a killed job loses only its own shard; the gather rules write manifest.json.
+
+
+rule train_diffusion:
+    input:
+        train="data/{dataset}/train.npz",
+    output:
+        model="models/{dataset}/diffusion/{diffusion}/model.pt",
+    params:
+        overrides=OVERRIDES,
+        settings=settings("diffusion"),
+        work="work/{dataset}/diffusion/{diffusion}",
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/train_diffusion_{diffusion}.log",
+    benchmark:
+        "benchmarks/{dataset}/train_diffusion_{diffusion}.tsv"
+    threads: workflow.cores
+    shell:
+        "python -m genrobust train_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
+        "--train {input.train} --out {output.model} --work {params.work} {params.overrides} > {log} 2>&1"
+
+
+rule sample_diffusion_shard:
+    input:
+        model="models/{dataset}/diffusion/{diffusion}/model.pt",
+    output:
+        shard="data/{dataset}/generated/{diffusion}/shards/shard-{shard}.npz",
+    params:
+        overrides=OVERRIDES,
+        settings=settings("sample"),
+        out=lambda w, output: os.path.dirname(output.shard),
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/sample_{diffusion}/shard-{shard}.log",
+    benchmark:
+        "benchmarks/{dataset}/sample_{diffusion}/shard-{shard}.tsv"
+    threads: workflow.cores
+    shell:
+        "python -m genrobust sample_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
+        "--model {input.model} --out {params.out} --shard {wildcards.shard} {params.overrides} > {log} 2>&1"
+
+
+rule sample_diffusion:
+    input:
+        model="models/{dataset}/diffusion/{diffusion}/model.pt",
+        shards=shard_files("data/{dataset}/generated/{diffusion}/shards"),
+    output:
+        manifest="data/{dataset}/generated/{diffusion}/shards/manifest.json",
+    params:
+        overrides=OVERRIDES,
+        settings=settings("sample"),
+        out=lambda w, output: os.path.dirname(output.manifest),
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/sample_{diffusion}/manifest.log",
+    benchmark:
+        "benchmarks/{dataset}/sample_{diffusion}/manifest.tsv"
+    threads: 1
+    shell:
+        "python -m genrobust sample_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
+        "--model {input.model} --out {params.out} {params.overrides} > {log} 2>&1"
+
+
+rule fit_gaussian:
+    input:
+        train="data/{dataset}/train.npz",
+    output:
+        fit="models/{dataset}/gaussian/fit.npz",
+    params:
+        overrides=OVERRIDES,
+        settings=settings("gaussian"),
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/fit_gaussian.log",
+    benchmark:
+        "benchmarks/{dataset}/fit_gaussian.tsv"
+    threads: workflow.cores
+    shell:
+        "python -m genrobust fit_gaussian --dataset {wildcards.dataset} --train {input.train} --out {output.fit} "
+        "{params.overrides} > {log} 2>&1"
+
+
+rule sample_gaussian_shard:
+    input:
+        fit="models/{dataset}/gaussian/fit.npz",
+    output:
+        shard="data/{dataset}/generated/gaussian/shards/shard-{shard}.npz",
+    params:
+        overrides=OVERRIDES,
+        settings=settings("sample"),
+        out=lambda w, output: os.path.dirname(output.shard),
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/sample_gaussian/shard-{shard}.log",
+    benchmark:
+        "benchmarks/{dataset}/sample_gaussian/shard-{shard}.tsv"
+    threads: 1
+    shell:
+        "python -m genrobust sample_gaussian --dataset {wildcards.dataset} --fit {input.fit} --out {params.out} "
+        "--shard {wildcards.shard} {params.overrides} > {log} 2>&1"
+
+
+rule sample_gaussian:
+    input:
+        fit="models/{dataset}/gaussian/fit.npz",
+        shards=shard_files("data/{dataset}/generated/gaussian/shards"),
+    output:
+        manifest="data/{dataset}/generated/gaussian/shards/manifest.json",
+    params:
+        overrides=OVERRIDES,
+        settings=settings("sample"),
+        out=lambda w, output: os.path.dirname(output.manifest),
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/sample_gaussian/manifest.log",
+    benchmark:
+        "benchmarks/{dataset}/sample_gaussian/manifest.tsv"
+    threads: 1
+    shell:
+        "python -m genrobust sample_gaussian --dataset {wildcards.dataset} --fit {input.fit} --out {params.out} "
+        "{params.overrides} > {log} 2>&1"

@@ -1,0 +1,68 @@
+# The standard classifier, pseudo-labels for generated images, and adversarial training.
+
+
+rule train_classifier:
+    input:
+        train="data/{dataset}/train.npz",
+    output:
+        model="models/{dataset}/classifier/model.pt",
+    params:
+        overrides=OVERRIDES,
+        settings=settings("classifier"),
+        work="work/{dataset}/classifier",
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/train_classifier.log",
+    benchmark:
+        "benchmarks/{dataset}/train_classifier.tsv"
+    threads: workflow.cores
+    shell:
+        "python -m genrobust train_classifier --dataset {wildcards.dataset} --train {input.train} --out {output.model} "
+        "--work {params.work} {params.overrides} > {log} 2>&1"
+
+
+rule pseudo_label:
+    input:
+        classifier="models/{dataset}/classifier/model.pt",
+        manifest="data/{dataset}/generated/{generator}/shards/manifest.json",
+    output:
+        labels="data/{dataset}/generated/{generator}/labels.npz",
+    params:
+        overrides=OVERRIDES,
+        settings=settings("pseudo_label"),
+        shards=lambda w, input: os.path.dirname(input.manifest),
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/pseudo_label_{generator}.log",
+    benchmark:
+        "benchmarks/{dataset}/pseudo_label_{generator}.tsv"
+    threads: workflow.cores
+    shell:
+        "python -m genrobust pseudo_label --dataset {wildcards.dataset} --classifier {input.classifier} "
+        "--shards {params.shards} --out {output.labels} {params.overrides} > {log} 2>&1"
+
+
+rule adv_train:
+    input:
+        unpack(generated_inputs),
+        train="data/{dataset}/train.npz",
+    output:
+        model="models/{dataset}/adv/{threat}/model.pt",
+    params:
+        overrides=OVERRIDES,
+        settings=settings("adv_train"),
+        generator=lambda w: PARAMS["generator"],
+        generated=generated_args,
+        work="work/{dataset}/adv/{threat}",
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/adv_train_{threat}.log",
+    benchmark:
+        "benchmarks/{dataset}/adv_train_{threat}.tsv"
+    threads: workflow.cores
+    shell:
+        "python -m genrobust adv_train --dataset {wildcards.dataset} --threat {wildcards.threat} --train {input.train} "
+        "{params.generated} --out {output.model} --work {params.work} {params.overrides} > {log} 2>&1"
