@@ -7,6 +7,7 @@ import pytest
 
 from genrobust import io, shards
 from genrobust.errors import UserError
+from genrobust.provenance import StageClock
 
 
 def test_failed_write_leaves_no_file_under_the_final_name(tmp_path) -> None:
@@ -62,7 +63,7 @@ def _write_set(directory, num_images: int, shard_size: int) -> list[tuple[int, i
         images = np.broadcast_to(np.arange(start, stop, dtype=np.int64)[:, None, None, None] % 251,
                                  (stop - start, 32, 32, 3)).astype(np.uint8)
         shards.write_shard(directory, index, images, labels, {"shard": index})
-    shards.write_manifest(directory, bounds, 10, generator="test")
+    shards.write_manifest(directory, bounds, 10, StageClock("test"), generator="test")
     return bounds
 
 
@@ -102,4 +103,4 @@ def test_manifest_refuses_a_missing_shard(tmp_path) -> None:
     bounds = _write_set(tmp_path, 20, 10)
     (tmp_path / shards.shard_name(0)).unlink()
     with pytest.raises(UserError, match="shard-00000.npz: missing or incomplete shard"):
-        shards.write_manifest(tmp_path, bounds, 10)
+        shards.write_manifest(tmp_path, bounds, 10, StageClock("test"))

@@ -15,7 +15,7 @@ import torch
 
 from . import io
 from .models.checkpoint import load_classifier
-from .provenance import StageClock, meta_array, read_meta
+from .provenance import StageClock, meta_array
 from .shards import ShardSet
 from .training.common import device
 from .training.loop import to_tensor

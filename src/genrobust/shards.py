@@ -9,15 +9,16 @@ made on any machine, in any order, and is identical every time on the same devic
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from . import io
 from .errors import UserError
-from .provenance import meta_array
+from .provenance import StageClock, meta_array, read_meta
 
 MANIFEST = "manifest.json"
 
@@ -47,30 +48,72 @@ def write_shard(directory: str | os.PathLike, index: int, images: np.ndarray, la
     return path
 
 
-def shard_is_complete(path: Path, expected: int) -> bool:
-    """A shard counts as done only if it opens and holds the expected number of images."""
+def shard_is_complete(path: Path, expected: int, identity: Mapping[str, Any] | None = None) -> bool:
+    """A shard counts as done only if it opens, holds the expected number of images and, given an
+    identity (model hash, seed, ...), was made with exactly that: a stale run's shard is redone."""
     if not path.is_file():
         return False
     try:
-        images, labels = io.load_images(path)
+        arrays = io.open_npz(path)
+        images, _ = io.validate_images(path, arrays)
     except UserError:
         return False
-    return len(images) == expected
+    if len(images) != expected:
+        return False
+    meta = read_meta(arrays)
+    return all(meta.get(key) == value for key, value in (identity or {}).items())
 
 
 def write_manifest(directory: str | os.PathLike, bounds: Sequence[tuple[int, int]], num_classes: int,
-                   **fields: Any) -> dict[str, Any]:
-    """Hash every shard and record the set; written last, so its presence means the set is whole."""
+                   clock: StageClock, **fields: Any) -> dict[str, Any]:
+    """Hash every shard and record the set; written last, so its presence means the set is whole.
+
+    Shards may have been made by many jobs, so the stage's wall time is the sum of the
+    `seconds` each shard recorded, plus this gather step.
+    """
     directory = Path(directory)
-    shards = []
+    shards, seconds = [], 0.0
     for index, (start, stop) in enumerate(bounds):
         path = directory / shard_name(index)
         if not shard_is_complete(path, stop - start):
             raise UserError(f"{path}: missing or incomplete shard ({stop - start} images expected)")
         shards.append({"file": path.name, "start": start, "count": stop - start, "sha256": io.sha256(path)})
-    manifest = {"count": bounds[-1][1] if bounds else 0, "num_classes": num_classes, "shards": shards, **fields}
+        seconds += read_meta(io.open_npz(path)).get("seconds", 0.0)
+    meta = clock.meta()
+    meta["stage_wall_time_s"][clock.stage] = round(meta["stage_wall_time_s"][clock.stage] + seconds, 3)
+    manifest = {"count": bounds[-1][1] if bounds else 0, "num_classes": num_classes, "shards": shards, **fields,
+                "meta": meta}
     io.write_json(directory / MANIFEST, manifest)
     return manifest
+
+
+def fill(out_dir: Path, num_images: int, shard_size: int, num_classes: int, seed: int, only: list[int] | None,
+         identity: Mapping[str, Any], make: Callable[[np.ndarray, int], np.ndarray], clock: StageClock) -> None:
+    """Make every shard that is not done (all, or those in `only`), then, for all, the manifest.
+
+    `make(labels, shard_seed)` returns the shard's uint8 NHWC images; it is the only thing a
+    generator supplies, so every generator gets the same layout, seeding, resume and manifest.
+    """
+    bounds = shard_bounds(num_images, shard_size)
+    if only is not None and (bad := [k for k in only if not 0 <= k < len(bounds)]):
+        raise UserError(f"shard {bad[0]} does not exist: sample.num_images and sample.shard_size "
+                        f"give shards 0 to {len(bounds) - 1}")
+    wanted = range(len(bounds)) if only is None else sorted(set(only))
+    todo = [k for k in wanted if not shard_is_complete(out_dir / shard_name(k), bounds[k][1] - bounds[k][0], identity)]
+    if todo:
+        # The manifest vouches for every shard's hash; it stops being true once one is rewritten.
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+    for k in todo:
+        tick = time.perf_counter()
+        start, stop = bounds[k]
+        labels = shard_labels(start, stop, num_classes)
+        images = make(labels, shard_seed(seed, k))
+        seconds = round(time.perf_counter() - tick, 3)
+        write_shard(out_dir, k, images, labels, {**identity, "shard": k, "start": start, "stop": stop,
+                                                 "seconds": seconds})
+        print(f"{clock.stage}: shard {k} ({stop - start} images) in {seconds:.1f} s", flush=True)
+    if only is None:
+        write_manifest(out_dir, bounds, num_classes, clock, **identity)
 
 
 @dataclass

@@ -71,20 +71,16 @@ def sample_gaussian(settings: dict[str, Any], fit_path: Path, out_dir: Path, onl
     num_classes, cfg = settings["dataset"]["num_classes"], settings["sample"]
     fitted = load_fit(fit_path, num_classes)
     clock = StageClock("sample_gaussian", read_meta(fitted))
-    bounds = shards.shard_bounds(cfg["num_images"], cfg["shard_size"])
-    for index, (start, stop) in enumerate(bounds):
-        if only is not None and index not in only or shards.shard_is_complete(out_dir / shards.shard_name(index), stop - start):
-            continue
-        labels = shards.shard_labels(start, stop, num_classes)
-        generator = torch.Generator().manual_seed(shards.shard_seed(settings["seed"], index))
+    identity = {"generator": "gaussian", "seed": settings["seed"], "model_sha256": io.sha256(fit_path)}
+
+    def make(labels: np.ndarray, seed: int) -> np.ndarray:
+        generator = torch.Generator().manual_seed(seed)
         images = np.empty((len(labels), *io.IMAGE_SHAPE), dtype=np.uint8)
         for k in range(num_classes):
             members = np.flatnonzero(labels == k)
             images[members] = sample_class(fitted[f"mean_{k}"], fitted[f"factor_{k}"], len(members),
                                            generator).reshape(-1, *io.IMAGE_SHAPE)
-        shards.write_shard(out_dir, index, images, labels, {"generator": "gaussian", "shard": index})
-    if only is not None:
-        return
-    shards.write_manifest(out_dir, bounds, num_classes, generator="gaussian", seed=settings["seed"],
-                          model_sha256=io.sha256(fit_path), meta=clock.meta())
-    print(f"sample_gaussian: {cfg['num_images']} images in {len(bounds)} shards; wrote {out_dir}")
+        return images
+
+    shards.fill(Path(out_dir), cfg["num_images"], cfg["shard_size"], num_classes, settings["seed"], only, identity,
+                make, clock)

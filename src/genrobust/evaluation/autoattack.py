@@ -77,9 +77,10 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str
     with torch.no_grad():
         robust = float((checked(x_adv).argmax(1) == y).float().mean()) if len(x) else 0.0
     ran = list(adversary.attacks_to_run)
-    # Attacks skipped because no robust point was left leave the accuracy where it was.
+    # The package logs percentages to two decimals: snap them back to whole points. Attacks skipped
+    # because no robust point was left leave the accuracy where it was.
     per_attack, last = {}, clean
     for attack in ran:
-        last = handler.after.get(attack, last)
+        last = round(handler.after[attack] * len(x)) / len(x) if attack in handler.after else last
         per_attack[attack] = last
     return AttackResult(clean, robust, per_attack, ran)

@@ -40,7 +40,7 @@ def evaluate(settings: dict[str, Any], threat: str, checkpoint: Path, test_path:
     clock = StageClock("evaluate", ckpt["meta"])
     images, labels = io.load_images(test_path, num_classes)
     n = min(cfg["n_examples"], len(images))
-    x, y = to_tensor(images[:n], device()), torch.from_numpy(np.asarray(labels[:n])).to(device())
+    x, y = to_tensor(images[:n], device()), torch.from_numpy(np.array(labels[:n])).to(device())
     started = time.perf_counter()
     result = run_autoattack(model, x, y, attack["norm"], attack["eps"], cfg["version"],
                             cfg["attacks"] if cfg["version"] == "custom" else None, cfg["batch_size"], settings["seed"])

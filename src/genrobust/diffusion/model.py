@@ -1,0 +1,202 @@
+"""Class-conditional diffusion models (EDM and DDPM) built from params, and their model file.
+
+Both wrap denoising-diffusion-pytorch's classifier-free-guidance `Unet`. The package's
+`ElucidatedDiffusion` is unconditional and its class-conditional `GaussianDiffusion` lacks
+the sigmoid schedule and a seedable sampler, so the two subclasses below add exactly that.
+Every model takes and returns images in [0, 1], shaped (B, 3, 32, 32).
+
+`sample(classes, generator)` draws all of its noise from the given CPU `torch.Generator`
+(then moves it to the model's device), so a shard depends only on the weights and its seed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from denoising_diffusion_pytorch.classifier_free_guidance import GaussianDiffusion, Unet
+from denoising_diffusion_pytorch.denoising_diffusion_pytorch import sigmoid_beta_schedule
+from denoising_diffusion_pytorch.elucidated_diffusion import (ElucidatedDiffusion, normalize_to_neg_one_to_one,
+                                                              unnormalize_to_zero_to_one)
+from torch import nn
+
+from ..errors import UserError
+
+GENERATORS = ("edm", "ddpm")
+IMAGE_SIZE = 32
+CHANNELS = 3
+FORMAT = "genrobust-diffusion"
+
+
+class ConditionalUnet(Unet):
+    """The classifier-free-guidance Unet, declaring that it does no self-conditioning.
+
+    `ElucidatedDiffusion` reads `net.self_condition`, which only the unconditional Unet defines.
+    """
+
+    self_condition = False
+
+
+class ConditionalElucidatedDiffusion(ElucidatedDiffusion):
+    """EDM (Karras et al. 2022) whose network also sees the class labels."""
+
+    def preconditioned_network_forward(self, noised_images: torch.Tensor, sigma: torch.Tensor,
+                                       classes: torch.Tensor, clamp: bool = False,
+                                       cond_drop_prob: float | None = None) -> torch.Tensor:
+        """The denoiser D(x; sigma, class) of EDM eq. 7, with the package's c_skip/c_out/c_in/c_noise."""
+        padded_sigma = sigma.view(-1, 1, 1, 1)
+        net_out = self.net(self.c_in(padded_sigma) * noised_images, self.c_noise(sigma), classes,
+                           cond_drop_prob=cond_drop_prob)
+        out = self.c_skip(padded_sigma) * noised_images + self.c_out(padded_sigma) * net_out
+        return out.clamp(-1.0, 1.0) if clamp else out
+
+    def forward(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Weighted denoising loss at log-normally drawn noise levels (EDM Table 1)."""
+        images = normalize_to_neg_one_to_one(images)
+        sigmas = self.noise_distribution(images.shape[0])
+        noised = images + sigmas.view(-1, 1, 1, 1) * torch.randn_like(images)
+        denoised = self.preconditioned_network_forward(noised, sigmas, classes)
+        losses = F.mse_loss(denoised, images, reduction="none").mean(dim=(1, 2, 3))
+        return (losses * self.loss_weight(sigmas)).mean()
+
+    @torch.no_grad()
+    def sample(self, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Deterministic Heun sampler: EDM Algorithm 1 with S_churn = 0, so only x_0 is random."""
+        sigmas = self.sample_schedule(self.num_sample_steps).tolist()
+        shape = (len(classes), self.channels, self.image_size, self.image_size)
+        x = sigmas[0] * torch.randn(shape, generator=generator).to(self.device)
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            slope = (x - self._denoise(x, sigma, classes)) / sigma
+            x_next = x + (sigma_next - sigma) * slope
+            if sigma_next > 0:
+                slope_next = (x_next - self._denoise(x_next, sigma_next, classes)) / sigma_next
+                x_next = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
+            x = x_next
+        return unnormalize_to_zero_to_one(x.clamp(-1.0, 1.0))
+
+    def _denoise(self, x: torch.Tensor, sigma: float, classes: torch.Tensor) -> torch.Tensor:
+        sigma_batch = torch.full((len(x),), sigma, device=x.device)
+        return self.preconditioned_network_forward(x, sigma_batch, classes, clamp=True, cond_drop_prob=0.0)
+
+
+class ConditionalGaussianDiffusion(GaussianDiffusion):
+    """The package's class-conditional DDPM, plus the sigmoid schedule and a seeded DDIM sampler."""
+
+    def __init__(self, model: Unet, *, beta_schedule: str, timesteps: int, **kwargs: Any) -> None:
+        super().__init__(model, timesteps=timesteps, beta_schedule="linear" if beta_schedule == "sigmoid"
+                         else beta_schedule, **kwargs)
+        if beta_schedule == "sigmoid":
+            self._use_betas(sigmoid_beta_schedule(timesteps))
+
+    @torch.no_grad()
+    def _use_betas(self, betas: torch.Tensor) -> None:
+        """Recompute every schedule buffer from `betas`, with the package's own formulas."""
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        snr = alphas_cumprod / (1.0 - alphas_cumprod)
+        loss_weight = {"pred_noise": torch.ones_like(snr), "pred_x0": snr, "pred_v": snr / (snr + 1)}[self.objective]
+        buffers = {
+            "betas": betas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
+            "log_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).log(),
+            "sqrt_recip_alphas_cumprod": (1.0 / alphas_cumprod).sqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1).sqrt(),
+            "posterior_variance": posterior_variance,
+            "posterior_log_variance_clipped": posterior_variance.clamp(min=1e-20).log(),
+            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod),
+            "loss_weight": loss_weight,
+        }
+        for name, value in buffers.items():
+            getattr(self, name).copy_(value.float())
+
+    @torch.no_grad()
+    def sample(self, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """DDIM with eta = 0 over `sampling_timesteps` steps (the package's time grid), no guidance."""
+        times = torch.linspace(-1, self.num_timesteps - 1, self.sampling_timesteps + 1).int().tolist()[::-1]
+        shape = (len(classes), self.channels, self.image_size, self.image_size)
+        x = torch.randn(shape, generator=generator).to(self.device)
+        for time, time_next in zip(times[:-1], times[1:]):
+            pred_noise, x_start = self._predict(x, time, classes)
+            if time_next < 0:
+                x = x_start
+            else:
+                alpha_next = self.alphas_cumprod[time_next]
+                x = x_start * alpha_next.sqrt() + (1 - alpha_next).sqrt() * pred_noise
+        return unnormalize_to_zero_to_one(x)
+
+    def _predict(self, x: torch.Tensor, time: int, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noise, clipped x_0) predicted at integer `time`, as the package's `model_predictions` without CFG."""
+        t = torch.full((len(x),), time, device=x.device, dtype=torch.long)
+        out = self.model(x, t, classes, cond_drop_prob=0.0)
+        if self.objective == "pred_noise":
+            x_start = self.predict_start_from_noise(x, t, out).clamp(-1.0, 1.0)
+            return out, x_start
+        x_start = (out if self.objective == "pred_x0" else self.predict_start_from_v(x, t, out)).clamp(-1.0, 1.0)
+        return self.predict_noise_from_start(x, t, x_start), x_start
+
+
+def model_config(diffusion: Mapping[str, Any], generator: str) -> dict[str, Any]:
+    """The part of the `diffusion` params that fixes the architecture: what a model file must record."""
+    return {"unet": dict(diffusion["unet"]), generator: dict(diffusion[generator])}
+
+
+def build_model(generator: str, config: Mapping[str, Any], num_classes: int,
+                sample_steps: int | None = None) -> nn.Module:
+    """A fresh model; `sample_steps` (params `sample.steps`) sets how many steps `sample` takes."""
+    if generator not in GENERATORS:
+        raise UserError(f"generator {generator!r}: must be one of {', '.join(map(repr, GENERATORS))}")
+    unet = config["unet"]
+    net = ConditionalUnet(dim=unet["dim"], num_classes=num_classes, cond_drop_prob=unet["cond_drop_prob"],
+                          dim_mults=tuple(unet["dim_mults"]), channels=CHANNELS,
+                          learned_sinusoidal_cond=generator == "edm")
+    if generator == "edm":
+        edm = config["edm"]
+        steps = {} if sample_steps is None else {"num_sample_steps": sample_steps}
+        return ConditionalElucidatedDiffusion(net, image_size=IMAGE_SIZE, channels=CHANNELS, **steps,
+                                              **{key: edm[key] for key in ("sigma_min", "sigma_max", "sigma_data",
+                                                                           "rho", "P_mean", "P_std")})
+    ddpm = config["ddpm"]
+    if sample_steps is not None and sample_steps > ddpm["timesteps"]:
+        raise UserError(f"sample.steps = {sample_steps}: must be at most diffusion.ddpm.timesteps = {ddpm['timesteps']}")
+    return ConditionalGaussianDiffusion(net, image_size=IMAGE_SIZE, timesteps=ddpm["timesteps"],
+                                        sampling_timesteps=sample_steps, objective=ddpm["objective"],
+                                        beta_schedule=ddpm["beta_schedule"])
+
+
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move a model; on CUDA also channels_last, which the convolutions run faster in."""
+    if device.type == "cuda":
+        return model.to(device, memory_format=torch.channels_last)
+    return model.to(device)
+
+
+def load_model(path: Path, generator: str, num_classes: int, sample_steps: int,
+               device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The EMA model and provenance from a `train_diffusion` file, or a UserError naming the file."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found; run train_diffusion for generator {generator!r} first")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise UserError(f"{path}: not a readable genrobust diffusion model ({exc})") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise UserError(f"{path}: not a genrobust diffusion model (written by train_diffusion)")
+    if checkpoint["generator"] != generator:
+        raise UserError(f"{path}: holds a {checkpoint['generator']!r} model, but generator {generator!r} was asked for")
+    if checkpoint["num_classes"] != num_classes:
+        raise UserError(f"{path}: model has {checkpoint['num_classes']} classes, the dataset has {num_classes}")
+    model = build_model(generator, checkpoint["config"], num_classes, sample_steps)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights do not fit the recorded model config ({exc})") from exc
+    return to_device(model, device).eval(), checkpoint["meta"]

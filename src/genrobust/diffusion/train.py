@@ -1,0 +1,184 @@
+"""Stage train_diffusion: fit a class-conditional diffusion model to train.npz, resumably.
+
+A plain training loop (batches drawn at random from the memory-mapped images, random
+horizontal flips, AdamW, gradient clipping, EMA of the weights). Every `checkpoint_every`
+steps and at the end the whole training state goes atomically to `work_dir/ckpt.pt`, which
+is not a declared pipeline output, so neither Snakemake nor DVC deletes it before a rerun;
+a rerun with the same settings resumes from it, and one with more `steps` continues it.
+The EMA weights are what the model file keeps and what the sampler uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import random
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Mapping
+
+import numpy as np
+import torch
+from ema_pytorch import EMA
+from torch import nn
+
+from .. import io
+from ..provenance import StageClock, read_meta
+from .model import FORMAT, build_model, model_config, to_device
+
+CKPT_NAME = "ckpt.pt"
+CKPT_FORMAT = "genrobust-diffusion-train-state"
+LOG_EVERY = 50
+
+
+def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Path, model_out: Path,
+                    work_dir: Path) -> None:
+    """Train (or resume training) and write the EMA model to `model_out`."""
+    cfg = settings["diffusion"]
+    num_classes = settings["dataset"]["num_classes"]
+    arrays = io.open_npz(train_path)
+    images, labels = io.validate_images(train_path, arrays, num_classes)
+    clock = StageClock("train_diffusion", read_meta(arrays))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fingerprint = _fingerprint(settings, generator, train_path)
+
+    _seed_everything(settings["seed"])
+    model = to_device(build_model(generator, model_config(cfg, generator), num_classes), device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
+    ema = EMA(model, beta=cfg["ema_decay"], update_after_step=0, update_every=1, include_online_model=False)
+    ckpt_path = Path(work_dir) / CKPT_NAME
+    start = _resume(ckpt_path, fingerprint, cfg["steps"], model, ema, optimizer, device)
+
+    model.train()
+    _loop(model, ema, optimizer, images, labels, cfg, device, start,
+          save=lambda step: _save_state(ckpt_path, fingerprint, step, model, ema, optimizer), tag=generator)
+
+    checkpoint = {"format": FORMAT, "generator": generator, "config": model_config(cfg, generator),
+                  "num_classes": num_classes, "state_dict": _cpu(ema.ema_model.state_dict()),
+                  "meta": clock.meta(generator=generator, steps=cfg["steps"], resumed_from_step=start,
+                                     train_sha256=fingerprint["train_sha256"])}
+    with io.atomic_path(model_out) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def _fingerprint(settings: Mapping[str, Any], generator: str, train_path: Path) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed; `steps` is left out so a run can be extended."""
+    cfg = settings["diffusion"]
+    return {"generator": generator, "config": model_config(cfg, generator),
+            "num_classes": settings["dataset"]["num_classes"], "seed": settings["seed"],
+            **{key: cfg[key] for key in ("batch_size", "lr", "ema_decay", "grad_clip")},
+            "train_sha256": io.sha256(train_path)}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _loop(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, images: np.ndarray, labels: np.ndarray,
+          cfg: Mapping[str, Any], device: torch.device, start: int, save: Callable[[int], None], tag: str) -> None:
+    """Steps `start + 1 ... steps`; checkpoints every `checkpoint_every` steps and at the last one."""
+    steps, every = cfg["steps"], cfg["checkpoint_every"]
+    loss_sum, window, tick = torch.zeros((), device=device), 0, time.perf_counter()
+    for step in range(start + 1, steps + 1):
+        x, y = _batch(images, labels, cfg["batch_size"], device)
+        with _autocast(device):
+            loss = model(x, classes=y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        optimizer.step()
+        ema.update()
+        loss_sum += loss.detach()  # summed on the device: no host sync between log lines
+        window += 1
+        if step % LOG_EVERY == 0 or step == steps:
+            rate = window * len(x) / (time.perf_counter() - tick)
+            print(f"train_diffusion {tag}: step {step}/{steps} loss {loss_sum.item() / window:.4f} "
+                  f"{rate:.1f} images/s", flush=True)
+            loss_sum.zero_()
+            window, tick = 0, time.perf_counter()
+        if step % every == 0 or step == steps:
+            save(step)
+
+
+def _batch(images: np.ndarray, labels: np.ndarray, batch_size: int,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch in [0, 1], NCHW, half of it flipped left-right; only these rows are read from disk."""
+    index = torch.randint(len(images), (batch_size,)).numpy()
+    x = torch.from_numpy(images[index]).to(device).permute(0, 3, 1, 2).float().div_(255)
+    flip = (torch.rand(batch_size) < 0.5).to(device).view(-1, 1, 1, 1)
+    x = torch.where(flip, x.flip(3), x)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.from_numpy(labels[index]).to(device)
+
+
+def _autocast(device: torch.device) -> ContextManager[Any]:
+    """bf16 mixed precision on CUDA; full fp32 on CPU, where bf16 is slow and gains nothing."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _cpu(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value.detach().cpu() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
+
+
+def _save_state(path: Path, fingerprint: Mapping[str, Any], step: int, model: nn.Module, ema: EMA,
+                optimizer: torch.optim.Optimizer) -> None:
+    """Everything needed to continue bit-for-bit: weights, EMA, optimizer, step and all RNG states."""
+    state = {"format": CKPT_FORMAT, "fingerprint": dict(fingerprint), "step": step,
+             "model": _cpu(model.state_dict()), "ema": _cpu(ema.state_dict()),
+             "optimizer": optimizer.state_dict(), "rng": _rng_state()}
+    with io.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(path: Path, fingerprint: Mapping[str, Any], steps: int, model: nn.Module, ema: EMA,
+            optimizer: torch.optim.Optimizer, device: torch.device) -> int:
+    """Load a matching checkpoint and return its step; 0 (train from scratch) when there is none.
+
+    A checkpoint that does not load, was made with other settings or data, or is already past
+    `steps` is ignored (and overwritten at the next checkpoint) rather than trusted.
+    """
+    if not path.is_file():
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        print(f"train_diffusion: ignoring unreadable checkpoint {path} ({exc})", flush=True)
+        return 0
+    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT or state.get("fingerprint") != fingerprint:
+        print(f"train_diffusion: ignoring {path}: made with other settings or data", flush=True)
+        return 0
+    if state["step"] > steps:
+        print(f"train_diffusion: ignoring {path}: at step {state['step']}, beyond steps = {steps}", flush=True)
+        return 0
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"], device)
+    print(f"train_diffusion: resuming from {path} at step {state['step']}", flush=True)
+    return state["step"]
+
+
+def _rng_state() -> dict[str, Any]:
+    """RNG states as tensors and plain Python values, so the checkpoint loads with weights_only=True."""
+    numpy_state = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+            "python": [version, list(internal), gauss]}
+
+
+def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

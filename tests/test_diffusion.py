@@ -1,0 +1,186 @@
+"""Diffusion stages: train and sample both generators, shard purity, resume, and bad input.
+
+Models are tiny (dim 8, a few steps) so the file runs in seconds; what is checked is the
+plumbing (file layouts, seeding, checkpoint/resume, skipping finished shards), not quality.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from denoising_diffusion_pytorch.denoising_diffusion_pytorch import sigmoid_beta_schedule
+
+from genrobust import io, shards
+from genrobust.diffusion import sample_diffusion, train_diffusion
+from genrobust.diffusion.model import build_model, model_config
+from genrobust.diffusion.train import CKPT_NAME
+from genrobust.errors import UserError
+from genrobust.provenance import meta_array
+
+NUM_IMAGES, SHARD_SIZE = 20, 8   # shards of 8, 8 and 4 images
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly when other jobs share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def settings(digits_settings: dict) -> dict:
+    settings = copy.deepcopy(digits_settings)
+    settings["diffusion"].update(unet={"dim": 8, "dim_mults": [1, 2], "cond_drop_prob": 0.1},
+                                 steps=2, batch_size=4, checkpoint_every=1)
+    settings["diffusion"]["ddpm"]["timesteps"] = 20
+    settings["sample"].update(num_images=NUM_IMAGES, shard_size=SHARD_SIZE, batch_size=4, steps=2)
+    return settings
+
+
+@pytest.fixture
+def train_npz(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "train.npz"
+    io.save_npz(path, image=rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+                label=np.arange(16, dtype=np.int64) % 10,
+                meta=meta_array({"stage": "prepare_data", "stage_wall_time_s": {"prepare_data": 1.5}}))
+    return path
+
+
+def _train(settings: dict, generator: str, train_npz: Path, root: Path) -> Path:
+    model = root / generator / "model.pt"
+    train_diffusion(settings, generator, train_npz, model, root / generator / "work")
+    return model
+
+
+def _images(directory: Path, index: int) -> np.ndarray:
+    return np.array(io.open_npz(directory / shards.shard_name(index))["image"])
+
+
+def _mtimes(directory: Path) -> dict[str, int]:
+    return {path.name: path.stat().st_mtime_ns for path in directory.glob("shard-*.npz")}
+
+
+@pytest.mark.parametrize("generator", ["edm", "ddpm"])
+def test_train_then_sample_writes_model_shards_and_manifest(tmp_path, settings, train_npz, generator) -> None:
+    model = _train(settings, generator, train_npz, tmp_path)
+    saved = torch.load(model, weights_only=True)
+    assert saved["generator"] == generator and saved["num_classes"] == 10
+    assert saved["config"] == model_config(settings["diffusion"], generator)
+    assert set(saved["meta"]["stage_wall_time_s"]) == {"prepare_data", "train_diffusion"}
+    build_model(generator, saved["config"], 10).load_state_dict(saved["state_dict"])
+
+    out = tmp_path / "gen"
+    sample_diffusion(settings, generator, model, out)
+    generated = shards.ShardSet.open(out, verify=True)
+    manifest = generated.manifest
+    assert (manifest["count"], manifest["num_classes"], len(manifest["shards"])) == (NUM_IMAGES, 10, 3)
+    assert (manifest["generator"], manifest["seed"], manifest["steps"]) == (generator, 0, 2)
+    assert manifest["model_sha256"] == io.sha256(model)
+    assert set(manifest["meta"]["stage_wall_time_s"]) == {"prepare_data", "train_diffusion", "sample_diffusion"}
+    images, labels = generated.take(np.arange(NUM_IMAGES))
+    assert images.dtype == np.uint8 and images.shape == (NUM_IMAGES, 32, 32, 3)
+    assert labels.dtype == np.int64 and np.array_equal(labels, np.arange(NUM_IMAGES) % 10)
+    assert images.std() > 0   # not a constant image
+
+
+@pytest.mark.parametrize("generator", ["edm", "ddpm"])
+def test_shard_alone_equals_shard_of_full_run(tmp_path, settings, train_npz, generator) -> None:
+    model = _train(settings, generator, train_npz, tmp_path)
+    sample_diffusion(settings, generator, model, tmp_path / "full")
+    sample_diffusion(settings, generator, model, tmp_path / "one", shards=[1])
+    assert sorted(_mtimes(tmp_path / "one")) == [shards.shard_name(1)]
+    assert not (tmp_path / "one" / shards.MANIFEST).exists()
+    assert np.array_equal(_images(tmp_path / "one", 1), _images(tmp_path / "full", 1))
+    assert not np.array_equal(_images(tmp_path / "full", 0)[:4], _images(tmp_path / "full", 1)[:4])
+
+
+def test_training_resumes_from_checkpoint_and_matches_an_uninterrupted_run(tmp_path, settings, train_npz,
+                                                                          capsys) -> None:
+    settings["diffusion"].update(steps=3, checkpoint_every=2)
+    _train(settings, "edm", train_npz, tmp_path / "resumed")
+    ckpt = tmp_path / "resumed" / "edm" / "work" / CKPT_NAME
+    assert torch.load(ckpt, weights_only=True)["step"] == 3   # every 2 steps and at the end
+    capsys.readouterr()
+
+    settings["diffusion"]["steps"] = 5
+    model = _train(settings, "edm", train_npz, tmp_path / "resumed")
+    assert "resuming from" in capsys.readouterr().out
+    assert torch.load(ckpt, weights_only=True)["step"] == 5
+    assert torch.load(model, weights_only=True)["meta"]["resumed_from_step"] == 3
+
+    straight = _train(settings, "edm", train_npz, tmp_path / "straight")
+    resumed_weights = torch.load(model, weights_only=True)["state_dict"]
+    straight_weights = torch.load(straight, weights_only=True)["state_dict"]
+    assert all(torch.equal(resumed_weights[key], straight_weights[key]) for key in straight_weights)
+
+
+def test_checkpoint_from_other_settings_is_not_resumed(tmp_path, settings, train_npz, capsys) -> None:
+    _train(settings, "edm", train_npz, tmp_path)
+    settings["diffusion"]["lr"] *= 2
+    model = _train(settings, "edm", train_npz, tmp_path)
+    assert "made with other settings" in capsys.readouterr().out
+    assert torch.load(model, weights_only=True)["meta"]["resumed_from_step"] == 0
+
+
+def test_finished_shards_are_kept_and_broken_or_missing_ones_regenerated(tmp_path, settings, train_npz) -> None:
+    model = _train(settings, "edm", train_npz, tmp_path)
+    out = tmp_path / "gen"
+    sample_diffusion(settings, "edm", model, out)
+    before = _mtimes(out)
+    first = {index: _images(out, index) for index in range(3)}
+
+    sample_diffusion(settings, "edm", model, out)
+    assert _mtimes(out) == before
+
+    (out / shards.shard_name(1)).write_bytes(b"truncated")   # a corrupt shard
+    (out / shards.shard_name(2)).unlink()                       # and one a killed run never wrote
+    sample_diffusion(settings, "edm", model, out)
+    after = _mtimes(out)
+    assert after[shards.shard_name(0)] == before[shards.shard_name(0)]
+    assert after[shards.shard_name(1)] != before[shards.shard_name(1)]
+    assert all(np.array_equal(_images(out, index), first[index]) for index in range(3))
+    shards.ShardSet.open(out, verify=True)
+
+
+def test_shards_of_another_seed_are_regenerated(tmp_path, settings, train_npz) -> None:
+    model = _train(settings, "edm", train_npz, tmp_path)
+    out = tmp_path / "gen"
+    sample_diffusion(settings, "edm", model, out, shards=[0])
+    old = _images(out, 0)
+    sample_diffusion(dict(settings, seed=1), "edm", model, out, shards=[0])
+    assert not np.array_equal(_images(out, 0), old)
+
+
+def test_bad_model_files_and_shard_indices_are_user_errors(tmp_path, settings, train_npz) -> None:
+    missing = tmp_path / "nothing" / "model.pt"
+    with pytest.raises(UserError, match=str(missing)):
+        sample_diffusion(settings, "edm", missing, tmp_path / "gen")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable genrobust diffusion model"):
+        sample_diffusion(settings, "edm", garbage, tmp_path / "gen")
+    model = _train(settings, "edm", train_npz, tmp_path)
+    with pytest.raises(UserError, match="holds a 'edm' model"):
+        sample_diffusion(settings, "ddpm", model, tmp_path / "gen")
+    other = dict(settings, dataset=dict(settings["dataset"], num_classes=20))
+    with pytest.raises(UserError, match="10 classes"):
+        sample_diffusion(other, "edm", model, tmp_path / "gen")
+    with pytest.raises(UserError, match="shard 3 does not exist"):
+        sample_diffusion(settings, "edm", model, tmp_path / "gen", shards=[3])
+    assert not (tmp_path / "gen").exists()
+
+
+def test_sigmoid_schedule_replaces_the_package_default(settings) -> None:
+    config = model_config(settings["diffusion"], "ddpm")
+    config["ddpm"]["beta_schedule"] = "sigmoid"
+    model = build_model("ddpm", config, 10)
+    expected = torch.cumprod(1 - sigmoid_beta_schedule(20), dim=0).float()
+    torch.testing.assert_close(model.alphas_cumprod, expected)
+    torch.testing.assert_close(model.sqrt_one_minus_alphas_cumprod, (1 - expected).sqrt())

@@ -1,0 +1,84 @@
+"""Pseudo-label selection, the AutoAttack adapter and the evaluate stage, on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pyautoattack import AutoAttack
+from torch import nn
+
+from genrobust.errors import UserError
+from genrobust.evaluation.autoattack import run_autoattack
+from genrobust.evaluation.evaluate import evaluate
+from genrobust.models.checkpoint import build_classifier, load_classifier, save_classifier
+from genrobust.pseudo_label import keep_most_confident
+
+from .conftest import write_images
+
+
+def test_keep_most_confident_keeps_the_top_fraction_per_class() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 2])
+    confidence = np.array([0.9, 0.2, 0.8, 0.5, 0.1, 0.3, 0.99, 0.4, 0.6, 0.7], dtype=np.float32)
+    keep = keep_most_confident(labels, confidence, 0.4, 3)
+    assert np.flatnonzero(keep).tolist() == [0, 2, 6, 8, 9]     # ceil(0.4*4)=2, ceil(0.4*5)=2, ceil(0.4*1)=1
+
+
+def _tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval()
+
+
+def test_adapter_matches_calling_pyautoattack_directly() -> None:
+    model = _tiny_model()
+    x, y = torch.rand(12, 3, 32, 32), torch.randint(0, 10, (12,))
+    with torch.no_grad():
+        y[:6] = model(x[:6]).argmax(1)                  # some points start correct
+    ours = run_autoattack(model, x, y, "Linf", 2 / 255, "custom", ["apgd-ce"], 12, seed=0)
+    direct = AutoAttack(model, norm="Linf", eps=2 / 255, version="custom", attacks=["apgd-ce"], seed=0)
+    x_adv, _ = direct.run_standard_evaluation(x, y, batch_size=12)
+    with torch.no_grad():
+        expected = float((model(x_adv).argmax(1) == y).float().mean())
+    assert ours.robust_accuracy == pytest.approx(expected)
+    assert ours.per_attack == {"apgd-ce": pytest.approx(expected)} and ours.attacks == ["apgd-ce"]
+    assert ours.clean_accuracy >= 0.5
+
+
+def test_nan_logits_stop_the_evaluation() -> None:
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((len(x), 10), float("nan"))
+
+    with pytest.raises(UserError, match="NaN or infinite logits"):
+        run_autoattack(Broken(), torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), "Linf", 0.03,
+                       "custom", ["apgd-ce"], 2, seed=0)
+
+
+def test_checkpoint_refuses_another_class_count_and_garbage(tmp_path) -> None:
+    spec = {"arch": "wrn", "depth": 10, "width": 1, "activation": "relu"}
+    save_classifier(tmp_path / "m.pt", build_classifier(spec, 10, [0.5] * 3, [0.25] * 3), spec, 10, {})
+    with pytest.raises(UserError, match="m.pt: made for 10 classes; this dataset has 100"):
+        load_classifier(tmp_path / "m.pt", 100)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="bad.pt: not a readable torch checkpoint"):
+        load_classifier(tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="missing.pt: checkpoint not found"):
+        load_classifier(tmp_path / "missing.pt")
+
+
+def test_evaluate_writes_a_result_with_its_provenance(tmp_path, digits_settings) -> None:
+    write_images(tmp_path / "test.npz", 20)
+    spec = {"arch": "wrn", "depth": 10, "width": 1, "activation": "silu"}
+    model = build_classifier(spec, 10, [0.5] * 3, [0.25] * 3)
+    save_classifier(tmp_path / "m.pt", model, spec, 10, {"stage_wall_time_s": {"adv_train": 1.5}, "images_seen": 64})
+    settings = dict(digits_settings, evaluate={"n_examples": 30, "version": "custom", "attacks": ["apgd-ce"],
+                                               "batch_size": 10})
+    evaluate(settings, "linf", tmp_path / "m.pt", tmp_path / "test.npz", tmp_path / "r.json")
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["n_examples"] == 20 and "only 20 points" in result["note"]
+    assert result["attack"]["attacks"] == ["apgd-ce"] and result["norm"] == "Linf"
+    assert set(result["stage_wall_time_s"]) == {"adv_train", "evaluate"}
+    assert len(result["hashes"]["checkpoint_sha256"]) == 64 and result["package_versions"]["pyautoattack"] == "0.2.0"
+    assert 0 <= result["robust_accuracy"] <= result["clean_accuracy"] <= 1
