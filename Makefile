@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 CORES ?= all
 
-.PHONY: install demo test lint clean-results
+.PHONY: install demo test lint share pull
 
 $(VENV)/.installed: pyproject.toml envs/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml envs/constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	snakemake --cores $(CORES) results/digits_linf.json
+	snakemake --profile workflow/profiles/default --cores $(CORES) results/digits_linf.json
 	@echo "The result is in results/digits_linf.json:"
 	@python -c "import json; r = json.load(open('results/digits_linf.json')); print(f\"clean accuracy {r['clean_accuracy']:.1%}, AutoAttack robust accuracy {r['robust_accuracy']:.1%} on {r['n_examples']} test points\")"
 
@@ -26,3 +26,17 @@ test: install
 
 lint: install
 	snakemake --lint
+
+# Sharing through DVC (README, "Sharing and scaling"); needs an installed .venv. TARGETS: what Snakemake built.
+TARGETS ?= results/digits_linf.json
+DVC_STAGES ?= evaluate
+
+# Record what Snakemake built in dvc.lock and upload it (run after Snakemake, never inside its jobs).
+share:
+	dvc commit --force --with-deps $(DVC_STAGES)
+	dvc push --with-deps $(DVC_STAGES)
+
+# On another machine: download, then mark the pulled files up to date for Snakemake (and record its metadata).
+pull:
+	dvc pull --with-deps $(DVC_STAGES)
+	snakemake --touch --forceall --cores 1 $(TARGETS)

@@ -15,7 +15,7 @@ import yaml
 
 from .conftest import ROOT
 
-PROJECT = ["Snakefile", "workflow", "envs", "params.yaml", "dvc.yaml", ".dvcignore", "src"]
+PROJECT = ["Snakefile", "workflow", "envs", "params.yaml", "dvc.yaml", ".dvcignore", ".dvc", ".gitignore", "Makefile", "src"]
 ARTIFACTS = ("data", "models", "results")
 TARGET = "results/digits_linf.json"
 ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
@@ -32,7 +32,7 @@ def copy_project(destination: Path) -> Path:
     for name in PROJECT:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache"))
         else:
             shutil.copy2(source, destination / name)
     return destination
@@ -94,7 +94,6 @@ def test_dvc_repro_makes_the_same_files(snakemake_project: Path, tmp_path: Path)
     smoke["evaluate"]["n_examples"] = 8
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], project)
-    run(["dvc", "init", "-q"], project)
     run(["dvc", "repro"], project)
     assert artifacts(project) == artifacts(snakemake_project)
     assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
@@ -106,7 +105,6 @@ def test_every_dvc_stage_is_a_snakemake_rule(tmp_path: Path) -> None:
 
     project = copy_project(tmp_path / "p")
     run(["git", "init", "-q"], project)
-    run(["dvc", "init", "-q"], project)
     gaussian = "data/digits/generated/gaussian/shards/manifest.json"    # the generator: edm target skips it
     rules = parse_dry_run(run(["snakemake", "-n", "-p", "--forceall", "--cores", "1", TARGET, gaussian], project).stdout)
     stages = Repo(str(project)).index.stages
@@ -127,6 +125,72 @@ def test_every_dvc_stage_is_a_snakemake_rule(tmp_path: Path) -> None:
         assert {as_dvc(path) for path in job["output"]} == outs, name
 
 
+GIT = ["git", "-c", "user.email=ci@genrobust.invalid", "-c", "user.name=ci"]
+
+
+@pytest.mark.e2e
+def test_a_second_machine_pulls_instead_of_recomputing(snakemake_project: Path) -> None:
+    """`make share` on the first checkout, `git clone` + `make pull` on a second: nothing is left to run."""
+    first = snakemake_project
+    run(["git", "init", "-q"], first)
+    run(["make", "share"], first)                       # dvc commit + dvc push to the shipped local remote
+    run(["git", "add", "-A"], first)
+    run(GIT + ["commit", "-qm", "a finished run"], first)
+    assert (first.parent / "genrobust-dvc-remote" / "files").is_dir()
+
+    second = first.parent / "second"
+    run(["git", "clone", "-q", str(first), str(second)], first.parent)
+    run(["make", "pull"], second)                       # dvc pull + snakemake --touch
+    assert artifacts(second) >= {"models/digits/diffusion/edm/model.pt", "models/digits/adv/linf/model.pt", TARGET}
+    planned = run(["snakemake", "-n", "--cores", "1", TARGET], second)
+    assert "Nothing to be done" in planned.stdout + planned.stderr
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "--with-deps", "evaluate"], second).stdout
+    assert "didn't change, skipping" in run(["dvc", "repro", "evaluate"], second).stdout
+
+    params = yaml.safe_load((second / "params.yaml").read_text())
+    params["presets"]["smoke"]["adv_train"]["lr"] /= 2
+    (second / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stats = run(["snakemake", "-n", "--cores", "1", TARGET], second).stdout
+    assert dict(re.findall(r"^(\w+)\s+(\d+)$", stats, re.M)) == {"adv_train": "1", "evaluate": "1", "total": "2"}
+    changed = run(["dvc", "status", "--with-deps", "evaluate"], second).stdout
+    assert re.findall(r"^(\S+):$", changed, re.M) == ["adv_train@digits-linf"]
+
+
+@pytest.mark.e2e
+def test_a_corrupt_object_in_the_remote_fails_the_pull_by_name(snakemake_project: Path, tmp_path: Path) -> None:
+    lock = yaml.safe_load((snakemake_project / "dvc.lock").read_text())
+    out, = lock["stages"]["adv_train@digits-linf"]["outs"]
+    remote = snakemake_project.parent / "genrobust-dvc-remote"
+    obj = remote / "files" / "md5" / out["md5"][:2] / out["md5"][2:]
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    obj.write_bytes(bytes(data))
+    third = snakemake_project.parent / "third"
+    run(["git", "clone", "-q", str(snakemake_project), str(third)], tmp_path)
+    pulled = subprocess.run(["dvc", "pull"], cwd=third, env=ENV, capture_output=True, text=True)
+    assert pulled.returncode != 0
+    assert "models/digits/adv/linf/model.pt" in pulled.stdout + pulled.stderr
+    assert not (third / "models/digits/adv/linf/model.pt").exists()
+
+
 def test_snakemake_lint_is_clean() -> None:
     done = subprocess.run(["snakemake", "--lint"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("profile", ["slurm", "default"])
+def test_profiles_plan_the_cifar10_dag(profile: str, tmp_path: Path) -> None:
+    """A dry run with the cluster (or local) profile: the executor plugin is installed and GPUs are requested."""
+    project = copy_project(tmp_path / "p")
+    planned = run(["snakemake", "--profile", f"workflow/profiles/{profile}", "-n", "-p", "results/cifar10_linf.json"],
+                  project).stdout
+    jobs = parse_dry_run(planned)
+    assert set(jobs) >= {"train_diffusion", "sample_diffusion_shard", "adv_train", "evaluate"}
+    adv = re.search(r"^rule adv_train:\n(?:    .*\n)*?    resources: (.*)$", planned, re.M).group(1)
+    evaluate = re.search(r"^rule evaluate:\n(?:    .*\n)*?    resources: (.*)$", planned, re.M).group(1)
+    assert "gpu=1" in evaluate
+    if profile == "slurm":      # the multi-GPU rule runs one data-parallel process per GPU
+        assert "slurm_partition=gpu" in adv and "gpu=4" in adv and "tasks_per_gpu=0" in adv
+        assert jobs["adv_train"][0]["shell"].startswith("torchrun --standalone --nproc_per_node=4 -m genrobust adv_train")
+    else:
+        assert "gpu=1" in adv and jobs["adv_train"][0]["shell"].startswith("python -m genrobust adv_train")

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import config
+from . import config, distributed
 from .errors import UserError
 
 
@@ -126,12 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = config.load_params(args.params, args.overrides)
         settings = config.resolve(params, args.dataset, str(args.params))
+        distributed.start()
         STAGES[args.stage][2](settings, args)
     except UserError as exc:
         if args.verbose:
             traceback.print_exc()
         print(f"genrobust {args.stage}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        distributed.stop()
     return 0
 
 

@@ -17,7 +17,7 @@ from . import io
 from .models.checkpoint import load_classifier
 from .provenance import StageClock, meta_array
 from .shards import ShardSet
-from .training.common import device
+from .distributed import device
 from .training.loop import to_tensor
 
 

@@ -59,3 +59,9 @@ def generated_args(wildcards, input):
     if "labels" not in input.keys():
         return ""
     return f"--shards {os.path.dirname(input.manifest)} --labels {input.labels}"
+
+
+def launcher(wildcards, resources):
+    """`python`, or torchrun with one data-parallel process per GPU when a rule is given more than one."""
+    gpus = int(getattr(resources, "gpu", 0) or 0)
+    return f"torchrun --standalone --nproc_per_node={gpus}" if gpus > 1 else "python"

@@ -12,6 +12,8 @@ rule prepare_data:
     benchmark:
         "benchmarks/{dataset}/prepare_data.tsv"
     threads: 1
+    resources:
+        gpu=0,
     shell:
         "python -m genrobust prepare_data --dataset {wildcards.dataset} --train-out {output.train} "
         "--test-out {output.test} {params.overrides} > {log} 2>&1"

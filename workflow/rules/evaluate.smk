@@ -14,6 +14,8 @@ rule evaluate:
     benchmark:
         "benchmarks/{dataset}/evaluate_{threat}.tsv"
     threads: workflow.cores
+    resources:
+        gpu=1,
     shell:
         "python -m genrobust evaluate --dataset {wildcards.dataset} --threat {wildcards.threat} --checkpoint {input.model} "
         "--test {input.test} --out {output.result} {params.overrides} > {log} 2>&1"

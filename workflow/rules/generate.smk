@@ -19,6 +19,8 @@ rule train_diffusion:
     benchmark:
         "benchmarks/{dataset}/train_diffusion_{diffusion}.tsv"
     threads: workflow.cores
+    resources:
+        gpu=1,
     shell:
         "python -m genrobust train_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
         "--train {input.train} --out {output.model} --work {params.work} {params.overrides} > {log} 2>&1"
@@ -40,6 +42,8 @@ rule sample_diffusion_shard:
     benchmark:
         "benchmarks/{dataset}/sample_{diffusion}/shard-{shard}.tsv"
     threads: workflow.cores
+    resources:
+        gpu=1,
     shell:
         "python -m genrobust sample_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
         "--model {input.model} --out {params.out} --shard {wildcards.shard} {params.overrides} > {log} 2>&1"
@@ -62,6 +66,8 @@ rule sample_diffusion:
     benchmark:
         "benchmarks/{dataset}/sample_{diffusion}/manifest.tsv"
     threads: 1
+    resources:
+        gpu=0,
     shell:
         "python -m genrobust sample_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
         "--model {input.model} --out {params.out} {params.overrides} > {log} 2>&1"
@@ -82,6 +88,8 @@ rule fit_gaussian:
     benchmark:
         "benchmarks/{dataset}/fit_gaussian.tsv"
     threads: workflow.cores
+    resources:
+        gpu=0,
     shell:
         "python -m genrobust fit_gaussian --dataset {wildcards.dataset} --train {input.train} --out {output.fit} "
         "{params.overrides} > {log} 2>&1"
@@ -103,6 +111,8 @@ rule sample_gaussian_shard:
     benchmark:
         "benchmarks/{dataset}/sample_gaussian/shard-{shard}.tsv"
     threads: 1
+    resources:
+        gpu=0,
     shell:
         "python -m genrobust sample_gaussian --dataset {wildcards.dataset} --fit {input.fit} --out {params.out} "
         "--shard {wildcards.shard} {params.overrides} > {log} 2>&1"
@@ -125,6 +135,8 @@ rule sample_gaussian:
     benchmark:
         "benchmarks/{dataset}/sample_gaussian/manifest.tsv"
     threads: 1
+    resources:
+        gpu=0,
     shell:
         "python -m genrobust sample_gaussian --dataset {wildcards.dataset} --fit {input.fit} --out {params.out} "
         "{params.overrides} > {log} 2>&1"

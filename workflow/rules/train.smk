@@ -7,6 +7,7 @@ rule train_classifier:
     output:
         model="models/{dataset}/classifier/model.pt",
     params:
+        launcher=launcher,
         overrides=OVERRIDES,
         settings=settings("classifier"),
         work="work/{dataset}/classifier",
@@ -17,8 +18,10 @@ rule train_classifier:
     benchmark:
         "benchmarks/{dataset}/train_classifier.tsv"
     threads: workflow.cores
+    resources:
+        gpu=1,
     shell:
-        "python -m genrobust train_classifier --dataset {wildcards.dataset} --train {input.train} --out {output.model} "
+        "{params.launcher} -m genrobust train_classifier --dataset {wildcards.dataset} --train {input.train} --out {output.model} "
         "--work {params.work} {params.overrides} > {log} 2>&1"
 
 
@@ -39,6 +42,8 @@ rule pseudo_label:
     benchmark:
         "benchmarks/{dataset}/pseudo_label_{generator}.tsv"
     threads: workflow.cores
+    resources:
+        gpu=1,
     shell:
         "python -m genrobust pseudo_label --dataset {wildcards.dataset} --classifier {input.classifier} "
         "--shards {params.shards} --out {output.labels} {params.overrides} > {log} 2>&1"
@@ -51,6 +56,7 @@ rule adv_train:
     output:
         model="models/{dataset}/adv/{threat}/model.pt",
     params:
+        launcher=launcher,
         overrides=OVERRIDES,
         settings=settings("adv_train"),
         generator=lambda w: PARAMS["generator"],
@@ -63,6 +69,8 @@ rule adv_train:
     benchmark:
         "benchmarks/{dataset}/adv_train_{threat}.tsv"
     threads: workflow.cores
+    resources:
+        gpu=1,
     shell:
-        "python -m genrobust adv_train --dataset {wildcards.dataset} --threat {wildcards.threat} --train {input.train} "
+        "{params.launcher} -m genrobust adv_train --dataset {wildcards.dataset} --threat {wildcards.threat} --train {input.train} "
         "{params.generated} --out {output.model} --work {params.work} {params.overrides} > {log} 2>&1"

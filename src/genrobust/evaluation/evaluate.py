@@ -15,7 +15,7 @@ import torch
 from .. import io
 from ..models.checkpoint import load_classifier
 from ..provenance import StageClock
-from ..training.common import device
+from ..distributed import device
 from ..training.loop import to_tensor
 from .autoattack import run_autoattack
 

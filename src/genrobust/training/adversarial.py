@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import io
+from .. import distributed, io
 from ..errors import UserError
 from ..models.checkpoint import save_classifier
 from ..provenance import StageClock, read_meta
@@ -57,8 +57,9 @@ def adv_train(settings: dict[str, Any], threat: str, train_path: Path, model_out
           f"generated images ({n_generated} generated available), {cfg['loss']} at {attack['norm']} eps={attack['eps']:.4g}")
     model = new_model(cfg["model"], num_classes, images, seed)
     model, history = fit(model, data, mixer, recipe, work_dir)
-    save_classifier(model_out, model, cfg["model"], num_classes,
-                    clock.meta(history=history, images_seen=recipe.total_steps * cfg["batch_size"], threat=threat,
-                               generator=settings["generator"] if shard_dir else "none",
-                               num_generated=n_generated, loss=cfg["loss"]))
-    print(f"adv_train: wrote {model_out}")
+    if distributed.is_main():
+        save_classifier(model_out, model, cfg["model"], num_classes,
+                        clock.meta(history=history, images_seen=recipe.total_steps * cfg["batch_size"], threat=threat,
+                                   generator=settings["generator"] if shard_dir else "none",
+                                   num_generated=n_generated, loss=cfg["loss"]))
+        print(f"adv_train: wrote {model_out}")

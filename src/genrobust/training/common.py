@@ -10,11 +10,8 @@ import torch
 from torch import nn
 
 from .. import io
+from ..distributed import device
 from ..models.checkpoint import build_classifier
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_real(train_path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from .. import io
+from .. import distributed, io
+from ..errors import UserError
 from ..shards import ShardSet
 from .augment import crop_flip
 from .ema import EMA, refresh_batchnorm
@@ -97,22 +99,37 @@ def _batch(data: TrainingData, mixer: BatchMixer, step: int, seed: int,
     return torch.cat(parts), torch.cat(labels).to(device)
 
 
-def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe) -> torch.Tensor:
+def _loss(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe) -> torch.Tensor:
     if recipe.loss == "ce":
-        return F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
+        return F.cross_entropy(trained(x), y, label_smoothing=recipe.label_smoothing)
     if recipe.loss == "trades":
         return trades_loss(model, x, y, recipe.norm, recipe.eps, recipe.step_size, recipe.attack_steps,
-                           recipe.beta, recipe.label_smoothing)
+                           recipe.beta, recipe.label_smoothing, trained)
     if recipe.loss == "pgd":
         return pgd_at_loss(model, x, y, recipe.norm, recipe.eps, recipe.step_size, recipe.attack_steps,
-                           recipe.label_smoothing)
+                           recipe.label_smoothing, trained)
     raise ValueError(f"unknown loss {recipe.loss!r}")
+
+
+def _silent(_: str) -> None:
+    """Only the first process reports progress."""
 
 
 def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe, work_dir: Path,
         log: Callable[[str], None] = print) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Train to recipe.total_steps, resuming from work_dir/state.pt; return the model to save and the history."""
+    """Train to recipe.total_steps, resuming from work_dir/state.pt; return the model to save and the history.
+
+    Under torchrun each of the W processes takes every W-th image of the same global batch and
+    DistributedDataParallel averages the gradients, so the step equals the single-process one
+    up to batch-norm statistics, which each process computes on its own share.
+    """
     device = next(model.parameters()).device
+    world, rank = distributed.world_size(), distributed.rank()
+    if mixer.batch_size % world:
+        raise UserError(f"batch size {mixer.batch_size} is not divisible by the {world} processes")
+    trained = DistributedDataParallel(model) if world > 1 else model
+    if not distributed.is_main():
+        log = _silent
     optimizer = _optimizer(model, recipe)
     ema = EMA(model, recipe.ema_decay) if recipe.ema_decay is not None else None
     state_path = Path(work_dir) / "state.pt"
@@ -135,8 +152,9 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, recipe)
         x, y = _batch(data, mixer, step, recipe.seed, device)
-        torch.manual_seed(int(np.random.SeedSequence([recipe.seed, 3, step]).generate_state(1)[0]))
-        loss = _loss(model, x, y, recipe)
+        x, y = x[rank::world], y[rank::world]
+        torch.manual_seed(int(np.random.SeedSequence([recipe.seed, 3, step, rank]).generate_state(1)[0]))
+        loss = _loss(model, trained, x, y, recipe)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -158,10 +176,11 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
                    "lr": lr_at(step - 1, recipe), "images_per_s": seen / (time.perf_counter() - started)}
             history.append(row)
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-            with io.atomic_path(state_path) as tmp:
-                torch.save({"key": recipe.key(), "step": step, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema else None,
-                            "history": history}, tmp)
+            if distributed.is_main():
+                with io.atomic_path(state_path) as tmp:
+                    torch.save({"key": recipe.key(), "step": step, "model": model.state_dict(),
+                                "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema else None,
+                                "history": history}, tmp)
             seen_loss, seen, started = 0.0, 0, time.perf_counter()
     final = ema.model if ema is not None else model
     return final.eval(), history

@@ -10,10 +10,12 @@ from ..attacks.pgd import maximise, pgd, project
 
 
 def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step_size: float,
-                steps: int, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+                steps: int, beta: float, label_smoothing: float = 0.0, trained: nn.Module | None = None) -> torch.Tensor:
     """CE(f(x), y) + beta * KL(f(x) || f(x_adv)), x_adv maximising the KL term from a small random start.
 
     The inner maximisation runs in eval mode so batch-norm statistics see only clean data.
+    `trained` is the module the final loss goes through (the DistributedDataParallel wrapper
+    under torchrun): the attack's own backward passes must not trigger gradient all-reduces.
     """
     was_training = model.training
     model.eval()
@@ -23,7 +25,7 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, e
     x_adv = maximise(lambda adv: F.kl_div(F.log_softmax(model(adv), dim=1), clean_probs, reduction="sum"),
                      x, start, norm, eps, step_size, steps)
     model.train(was_training)
-    logits = model(torch.cat([x, x_adv]))
+    logits = (trained or model)(torch.cat([x, x_adv]))
     clean_logits, adv_logits = logits[: len(x)], logits[len(x):]
     natural = F.cross_entropy(clean_logits, y, label_smoothing=label_smoothing)
     robust = F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(clean_logits, dim=1), reduction="batchmean")
@@ -31,10 +33,10 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, e
 
 
 def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step_size: float,
-                steps: int, label_smoothing: float = 0.0) -> torch.Tensor:
+                steps: int, label_smoothing: float = 0.0, trained: nn.Module | None = None) -> torch.Tensor:
     """Cross-entropy on PGD examples (found in eval mode, for the same batch-norm reason as TRADES)."""
     was_training = model.training
     model.eval()
     x_adv = pgd(model, x, y, norm, eps, step_size, steps)
     model.train(was_training)
-    return F.cross_entropy(model(x_adv), y, label_smoothing=label_smoothing)
+    return F.cross_entropy((trained or model)(x_adv), y, label_smoothing=label_smoothing)

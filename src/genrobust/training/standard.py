@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import io
+from .. import distributed, io
 from ..models.checkpoint import save_classifier
 from ..provenance import StageClock, read_meta
 from .common import load_real, new_model
@@ -22,6 +22,7 @@ def train_classifier(settings: dict[str, Any], train_path: Path, model_out: Path
     recipe = Recipe(loss="ce", total_steps=cfg["epochs"] * mixer.steps_per_epoch(), lr=cfg["lr"], momentum=0.9,
                     nesterov=True, weight_decay=cfg["weight_decay"], warmup_fraction=0.025, ema_decay=None, seed=seed)
     model, history = fit(model, TrainingData(images, labels), mixer, recipe, work_dir)
-    save_classifier(model_out, model, cfg["model"], num_classes,
-                    clock.meta(history=history, images_seen=recipe.total_steps * cfg["batch_size"]))
-    print(f"train_classifier: wrote {model_out}")
+    if distributed.is_main():
+        save_classifier(model_out, model, cfg["model"], num_classes,
+                        clock.meta(history=history, images_seen=recipe.total_steps * cfg["batch_size"]))
+        print(f"train_classifier: wrote {model_out}")
