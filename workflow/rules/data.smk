@@ -14,6 +14,8 @@ rule prepare_data:
     threads: 1
     resources:
         gpu=0,
+        mem_mb=4000,
+        runtime=60,
     shell:
         "python -m genrobust prepare_data --dataset {wildcards.dataset} --train-out {output.train} "
         "--test-out {output.test} {params.overrides} > {log} 2>&1"

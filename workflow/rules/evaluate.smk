@@ -16,6 +16,8 @@ rule evaluate:
     threads: workflow.cores
     resources:
         gpu=1,
+        mem_mb=8000,
+        runtime=720,
     shell:
         "python -m genrobust evaluate --dataset {wildcards.dataset} --threat {wildcards.threat} --checkpoint {input.model} "
         "--test {input.test} --out {output.result} {params.overrides} > {log} 2>&1"

@@ -9,6 +9,7 @@ rule train_diffusion:
     output:
         model="models/{dataset}/diffusion/{diffusion}/model.pt",
     params:
+        launcher=launcher,
         overrides=OVERRIDES,
         settings=settings("diffusion"),
         work="work/{dataset}/diffusion/{diffusion}",
@@ -21,8 +22,10 @@ rule train_diffusion:
     threads: workflow.cores
     resources:
         gpu=1,
+        mem_mb=16000,
+        runtime=2880,
     shell:
-        "python -m genrobust train_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
+        "{params.launcher} -m genrobust train_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
         "--train {input.train} --out {output.model} --work {params.work} {params.overrides} > {log} 2>&1"
 
 
@@ -44,6 +47,8 @@ rule sample_diffusion_shard:
     threads: workflow.cores
     resources:
         gpu=1,
+        mem_mb=8000,
+        runtime=240,
     shell:
         "python -m genrobust sample_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
         "--model {input.model} --out {params.out} --shard {wildcards.shard} {params.overrides} > {log} 2>&1"
@@ -68,6 +73,8 @@ rule sample_diffusion:
     threads: 1
     resources:
         gpu=0,
+        mem_mb=2000,
+        runtime=30,
     shell:
         "python -m genrobust sample_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
         "--model {input.model} --out {params.out} {params.overrides} > {log} 2>&1"
@@ -90,6 +97,8 @@ rule fit_gaussian:
     threads: workflow.cores
     resources:
         gpu=0,
+        mem_mb=32000,
+        runtime=60,
     shell:
         "python -m genrobust fit_gaussian --dataset {wildcards.dataset} --train {input.train} --out {output.fit} "
         "{params.overrides} > {log} 2>&1"
@@ -113,6 +122,8 @@ rule sample_gaussian_shard:
     threads: 1
     resources:
         gpu=0,
+        mem_mb=8000,
+        runtime=60,
     shell:
         "python -m genrobust sample_gaussian --dataset {wildcards.dataset} --fit {input.fit} --out {params.out} "
         "--shard {wildcards.shard} {params.overrides} > {log} 2>&1"
@@ -137,6 +148,8 @@ rule sample_gaussian:
     threads: 1
     resources:
         gpu=0,
+        mem_mb=2000,
+        runtime=30,
     shell:
         "python -m genrobust sample_gaussian --dataset {wildcards.dataset} --fit {input.fit} --out {params.out} "
         "{params.overrides} > {log} 2>&1"

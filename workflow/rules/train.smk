@@ -20,6 +20,8 @@ rule train_classifier:
     threads: workflow.cores
     resources:
         gpu=1,
+        mem_mb=16000,
+        runtime=720,
     shell:
         "{params.launcher} -m genrobust train_classifier --dataset {wildcards.dataset} --train {input.train} --out {output.model} "
         "--work {params.work} {params.overrides} > {log} 2>&1"
@@ -44,6 +46,8 @@ rule pseudo_label:
     threads: workflow.cores
     resources:
         gpu=1,
+        mem_mb=8000,
+        runtime=120,
     shell:
         "python -m genrobust pseudo_label --dataset {wildcards.dataset} --classifier {input.classifier} "
         "--shards {params.shards} --out {output.labels} {params.overrides} > {log} 2>&1"
@@ -71,6 +75,8 @@ rule adv_train:
     threads: workflow.cores
     resources:
         gpu=1,
+        mem_mb=32000,
+        runtime=2880,
     shell:
         "{params.launcher} -m genrobust adv_train --dataset {wildcards.dataset} --threat {wildcards.threat} --train {input.train} "
         "{params.generated} --out {output.model} --work {params.work} {params.overrides} > {log} 2>&1"

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from ema_pytorch import EMA
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from .. import io
+from .. import distributed, io
+from ..errors import UserError
 from ..provenance import StageClock, read_meta
 from .model import FORMAT, build_model, model_config, to_device
 
@@ -40,7 +42,7 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
     arrays = io.open_npz(train_path)
     images, labels = io.validate_images(train_path, arrays, num_classes)
     clock = StageClock("train_diffusion", read_meta(arrays))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = distributed.device()
     fingerprint = _fingerprint(settings, generator, train_path)
 
     _seed_everything(settings["seed"])
@@ -51,8 +53,15 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
     start = _resume(ckpt_path, fingerprint, cfg["steps"], model, ema, optimizer, device)
 
     model.train()
-    _loop(model, ema, optimizer, images, labels, cfg, device, start,
+    world = distributed.world_size()
+    if cfg["batch_size"] % world:
+        raise UserError(f"diffusion.batch_size = {cfg['batch_size']} is not divisible by the {world} processes")
+    # Under torchrun each process trains on every world-th image of the same global batch.
+    trained = DistributedDataParallel(model) if world > 1 else model
+    _loop(trained, model, ema, optimizer, images, labels, cfg, device, start,
           save=lambda step: _save_state(ckpt_path, fingerprint, step, model, ema, optimizer), tag=generator)
+    if not distributed.is_main():
+        return
 
     checkpoint = {"format": FORMAT, "generator": generator, "config": model_config(cfg, generator),
                   "num_classes": num_classes, "state_dict": _cpu(ema.ema_model.state_dict()),
@@ -77,15 +86,18 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loop(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, images: np.ndarray, labels: np.ndarray,
-          cfg: Mapping[str, Any], device: torch.device, start: int, save: Callable[[int], None], tag: str) -> None:
-    """Steps `start + 1 ... steps`; checkpoints every `checkpoint_every` steps and at the last one."""
+def _loop(trained: nn.Module, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, images: np.ndarray,
+          labels: np.ndarray, cfg: Mapping[str, Any], device: torch.device, start: int, save: Callable[[int], None],
+          tag: str) -> None:
+    """Steps `start + 1 ... steps`; checkpoints every `checkpoint_every` steps and at the last one (first process)."""
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     steps, every = cfg["steps"], cfg["checkpoint_every"]
     loss_sum, window, tick = torch.zeros((), device=device), 0, time.perf_counter()
     for step in range(start + 1, steps + 1):
         x, y = _batch(images, labels, cfg["batch_size"], device)
+        x, y = x[rank::world], y[rank::world]
         with _autocast(device):
-            loss = model(x, classes=y)
+            loss = trained(x, classes=y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
@@ -93,13 +105,13 @@ def _loop(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, images: 
         ema.update()
         loss_sum += loss.detach()  # summed on the device: no host sync between log lines
         window += 1
-        if step % LOG_EVERY == 0 or step == steps:
-            rate = window * len(x) / (time.perf_counter() - tick)
+        if main and (step % LOG_EVERY == 0 or step == steps):
+            rate = window * len(x) * world / (time.perf_counter() - tick)
             print(f"train_diffusion {tag}: step {step}/{steps} loss {loss_sum.item() / window:.4f} "
                   f"{rate:.1f} images/s", flush=True)
             loss_sum.zero_()
             window, tick = 0, time.perf_counter()
-        if step % every == 0 or step == steps:
+        if main and (step % every == 0 or step == steps):
             save(step)
 
 
