@@ -1,7 +1,11 @@
-"""Shared fixtures: the project's own params, resolved for digits, and tiny image sets."""
+"""Shared helpers: the project's own params, tiny image sets, and runnable copies of the project."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,30 @@ import pytest
 from genrobust import config, io
 
 ROOT = Path(__file__).resolve().parents[1]
+
+PROJECT = ["Snakefile", "workflow", "envs", "params.yaml", "dvc.yaml", ".dvcignore", ".dvc", ".gitignore", "Makefile",
+           "src"]
+ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def run(args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Run a real command (snakemake, dvc, git, make) with this venv first on PATH; fail with its output."""
+    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def copy_project(destination: Path) -> Path:
+    """What a user checks out, so pipeline tests never touch this working tree."""
+    destination.mkdir(parents=True)
+    for name in PROJECT:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache"))
+        else:
+            shutil.copy2(source, destination / name)
+    return destination
 
 
 @pytest.fixture

@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import ROOT
+from .conftest import ENV, ROOT, copy_project, run
 
-PROJECT = ["Snakefile", "workflow", "envs", "params.yaml", "dvc.yaml", ".dvcignore", ".dvc", ".gitignore", "Makefile", "src"]
 ARTIFACTS = ("data", "models", "results")
 TARGET = "results/digits_linf.json"
-ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-
-
-def run(args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done
-
-
-def copy_project(destination: Path) -> Path:
-    destination.mkdir(parents=True)
-    for name in PROJECT:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache"))
-        else:
-            shutil.copy2(source, destination / name)
-    return destination
 
 
 def artifacts(root: Path) -> set[str]:
