@@ -53,11 +53,18 @@ class _CheckedLogits(nn.Module):
         return logits
 
 
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """In batches, so that a full test set never has to fit on the device at once."""
+    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                  for i in range(0, len(x), batch_size))
+    return correct / len(x) if len(x) else 0.0
+
+
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, version: str,
                    attacks: list[str] | None, batch_size: int, seed: int) -> AttackResult:
     checked = _CheckedLogits(model).eval()
-    with torch.no_grad():
-        clean = float((checked(x).argmax(1) == y).float().mean()) if len(x) else 0.0
+    clean = _accuracy(checked, x, y, batch_size)
     adversary = AutoAttack(checked, norm=norm, eps=eps, version=version, seed=seed, device=x.device,
                            attacks=attacks if version == "custom" else None)
     num_classes = int(checked(x[:1]).shape[1])
@@ -74,8 +81,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
-    with torch.no_grad():
-        robust = float((checked(x_adv).argmax(1) == y).float().mean()) if len(x) else 0.0
+    robust = _accuracy(checked, x_adv, y, batch_size)
     ran = list(adversary.attacks_to_run)
     # The package logs percentages to two decimals: snap them back to whole points. Attacks skipped
     # because no robust point was left leave the accuracy where it was.
