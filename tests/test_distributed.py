@@ -35,7 +35,7 @@ RECIPE = Recipe("trades", 12, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, "Linf", 8 / 25
 
 
 def _train(work: Path) -> dict[str, torch.Tensor]:
-    model, _ = fit(_model(), _data(), BatchMixer(48, 0, 16, 0.0, seed=0), RECIPE, work, log=lambda _: None)
+    model = fit(_model(), _data(), BatchMixer(48, 0, 16, 0.0, seed=0), RECIPE, work, log=lambda _: None).last
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 from genrobust.attacks.pgd import pgd, project
 from genrobust.training.ema import EMA, refresh_batchnorm
 from genrobust.training.losses import pgd_at_loss, trades_loss
-from genrobust.training.loop import Recipe, TrainingData, fit, lr_at
+from genrobust.training.loop import Recipe, TrainingData, Validation, fit, lr_at
 from genrobust.training.mixing import BatchMixer
 
 
@@ -119,7 +121,8 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path) -> None:
                              nn.Linear(4, 2))
 
     full = Recipe("trades", 16, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, "Linf", 8 / 255, 2 / 255, 2, 5.0)
-    reference, history = fit(model(), data, mixer, full, tmp_path / "a", log=lambda _: None)
+    reference = fit(model(), data, mixer, full, tmp_path / "a", log=lambda _: None)
+    history = reference.history
     assert [row["step"] for row in history] == [4, 8, 12, 16]
 
     class Killed(Exception):
@@ -133,8 +136,57 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path) -> None:
         fit(model(), data, mixer, full, tmp_path / "b", log=kill_in_epoch_two)
     assert torch.load(tmp_path / "b" / "state.pt", weights_only=False)["step"] == 4
     logs: list[str] = []
-    resumed, history = fit(model(), data, mixer, full, tmp_path / "b", log=logs.append)
+    resumed = fit(model(), data, mixer, full, tmp_path / "b", log=logs.append)
+    history = resumed.history
     assert logs[0] == f"resuming from {tmp_path / 'b' / 'state.pt'} at step 4/16"
     assert [row["step"] for row in history] == [4, 8, 12, 16]
-    for name, value in reference.state_dict().items():
-        assert torch.allclose(value.float(), resumed.state_dict()[name].float(), atol=1e-6), name
+    for name, value in reference.last.state_dict().items():
+        assert torch.allclose(value.float(), resumed.last.state_dict()[name].float(), atol=1e-6), name
+
+
+def _no_batchnorm_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+def _three_class_data(count: int = 48) -> TrainingData:
+    rng = np.random.default_rng(0)
+    labels = np.arange(count, dtype=np.int64) % 3
+    images = (labels[:, None, None, None] * 80 + rng.integers(0, 60, (count, 32, 32, 3))).astype(np.uint8)
+    return TrainingData(images, labels)
+
+
+def test_gradient_accumulation_matches_one_large_batch(tmp_path) -> None:
+    """Four micro-batches of 4 give the step of one batch of 16 (no batch norm, so only float order differs)."""
+    recipe = Recipe("trades", 6, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, "Linf", 8 / 255, 2 / 255, 2, 5.0)
+    mixer = BatchMixer(48, 0, 16, 0.0, seed=0)
+    whole = fit(_no_batchnorm_model(), _three_class_data(), mixer, recipe, tmp_path / "a", log=lambda _: None)
+    pieces = fit(_no_batchnorm_model(), _three_class_data(), mixer, replace(recipe, accumulation_steps=4),
+                 tmp_path / "b", log=lambda _: None)
+    assert [row["loss"] for row in whole.history] == pytest.approx([row["loss"] for row in pieces.history], rel=1e-5)
+    for name, value in whole.last.state_dict().items():
+        assert torch.allclose(value, pieces.last.state_dict()[name], atol=1e-5), name
+
+
+def test_validation_keeps_the_epoch_with_the_best_held_out_robust_accuracy(tmp_path) -> None:
+    data = _three_class_data(60)
+    held_out = Validation(data.real_images[:12], data.real_labels[:12], every=1, attack_steps=3)
+    train = TrainingData(data.real_images[12:], data.real_labels[12:])
+    recipe = Recipe("trades", 12, 0.2, 0.9, True, 5e-4, 0.1, 0.9, 0, "Linf", 8 / 255, 2 / 255, 2, 5.0, epoch_steps=2)
+    result = fit(_no_batchnorm_model(), train, BatchMixer(48, 0, 12, 0.0, seed=0), recipe, tmp_path,
+                 log=lambda _: None, validation=held_out)
+    scores = [row["val_robust_accuracy"] for row in result.history]
+    assert len(scores) == 6 and all(0 <= s <= row["val_clean_accuracy"] for s, row in zip(scores, result.history))
+    assert result.best_epoch == 1 + scores.index(max(scores))
+    assert held_out.measure(result.best, recipe)["val_robust_accuracy"] == max(scores)
+    assert held_out.measure(result.last, recipe)["val_robust_accuracy"] == scores[-1]
+
+
+def test_speed_options_follow_the_device(monkeypatch) -> None:
+    from genrobust.training import common
+
+    cfg = {"precision": "auto", "channels_last": "auto", "compile": False}
+    assert common.speed_options(cfg) == {"bf16": False, "channels_last": False, "compile": False}   # CPU
+    monkeypatch.setattr(common, "device", lambda: torch.device("cuda"))
+    assert common.speed_options(cfg) == {"bf16": True, "channels_last": True, "compile": False}
+    assert common.speed_options(dict(cfg, precision="fp32", channels_last=False))["bf16"] is False

@@ -91,12 +91,15 @@ def _pseudo_label(settings: dict, args: argparse.Namespace) -> None:
 @_stage("adv_train", "adversarial training on real + generated batches (resumable)", DATASET, THREAT,
         _path("--train", "train npz"), _path("--shards", "generated shard directory", required=False),
         _path("--labels", "pseudo-labels npz of those shards", required=False),
-        _path("--out", "checkpoint to write"), WORK)
+        _path("--out", "checkpoint to write: the best by held-out PGD accuracy (the last without validation)"),
+        _path("--last", "checkpoint of the last epoch to write"),
+        _path("--metrics", "per-epoch metrics TSV to write (dvc plots draws it)"), WORK)
 def _adv_train(settings: dict, args: argparse.Namespace) -> None:
-    from .training.adversarial import adv_train
+    from .training.adversarial import Outputs, adv_train
     if (args.shards is None) != (args.labels is None):
         raise UserError("adv_train: give both --shards and --labels, or neither (no generated data)")
-    adv_train(settings, args.threat, args.train, args.out, args.work, args.shards, args.labels)
+    adv_train(settings, args.threat, args.train, Outputs(args.out, args.last, args.metrics), args.work,
+              args.shards, args.labels)
 
 
 @_stage("evaluate", "AutoAttack on the test set; writes the result JSON", DATASET, THREAT,

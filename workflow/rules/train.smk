@@ -59,6 +59,8 @@ rule adv_train:
         train="data/{dataset}/train.npz",
     output:
         model="models/{dataset}/adv/{threat}/model.pt",
+        last="models/{dataset}/adv/{threat}/last.pt",
+        metrics="models/{dataset}/adv/{threat}/metrics.tsv",
     params:
         launcher=launcher,
         overrides=OVERRIDES,
@@ -79,4 +81,5 @@ rule adv_train:
         runtime=2880,
     shell:
         "{params.launcher} -m genrobust adv_train --dataset {wildcards.dataset} --threat {wildcards.threat} --train {input.train} "
-        "{params.generated} --out {output.model} --work {params.work} {params.overrides} > {log} 2>&1"
+        "{params.generated} --out {output.model} --last {output.last} --metrics {output.metrics} --work {params.work} "
+        "{params.overrides} > {log} 2>&1"

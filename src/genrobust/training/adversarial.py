@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,17 @@ from ..errors import UserError
 from ..models.checkpoint import save_classifier
 from ..provenance import StageClock, read_meta
 from ..shards import ShardSet
-from .common import load_real, new_model
-from .loop import Recipe, TrainingData, fit
+from .common import load_real, new_model, speed_options
+from .loop import Recipe, TrainingData, Validation, fit
+from .metrics import write_metrics
 from .mixing import BatchMixer
+
+
+@dataclass(frozen=True)
+class Outputs:
+    model: Path      # best by held-out robust accuracy: what evaluate reads
+    last: Path       # the last epoch's, kept for comparison and for continuing elsewhere
+    metrics: Path    # per-epoch TSV
 
 
 def load_generated(data: TrainingData, shard_dir: Path, labels_path: Path, num_classes: int) -> list[dict]:
@@ -36,30 +45,54 @@ def load_generated(data: TrainingData, shard_dir: Path, labels_path: Path, num_c
     return [shards.manifest.get("meta", {}), read_meta(arrays)]
 
 
-def adv_train(settings: dict[str, Any], threat: str, train_path: Path, model_out: Path, work_dir: Path,
+def hold_out(images: np.ndarray, labels: np.ndarray, cfg: dict[str, Any],
+             train_path: Path) -> tuple[TrainingData, Validation | None]:
+    """The first `validation.size` training images are held out, never trained on, to pick the best epoch."""
+    spec = cfg["validation"]
+    size = spec["size"]
+    if size >= len(images):
+        raise UserError(f"params.yaml: adv_train.validation.size = {size}: {train_path} has only {len(images)} "
+                        "images; hold out fewer (0 turns validation off)")
+    data = TrainingData(images[size:], labels[size:])
+    if not size:
+        return data, None
+    return data, Validation(images[:size], labels[:size], spec["every"], spec["attack_steps"])
+
+
+def adv_train(settings: dict[str, Any], threat: str, train_path: Path, outputs: Outputs, work_dir: Path,
               shard_dir: Path | None = None, labels_path: Path | None = None) -> None:
     cfg, num_classes, seed = settings["adv_train"], settings["dataset"]["num_classes"], settings["seed"]
     attack = settings["threats"][threat]
     images, labels = load_real(train_path, num_classes)
     upstream = [read_meta(io.open_npz(train_path))]
-    data = TrainingData(images, labels)
+    data, validation = hold_out(images, labels, cfg, train_path)
     if shard_dir is not None:
         upstream += load_generated(data, shard_dir, labels_path, num_classes)
     clock = StageClock("adv_train", *upstream)
     n_generated = 0 if data.generated_index is None else len(data.generated_index)
-    mixer = BatchMixer(len(images), n_generated, cfg["batch_size"], cfg["generated_fraction"], seed)
+    mixer = BatchMixer(len(data.real_images), n_generated, cfg["batch_size"], cfg["generated_fraction"], seed,
+                       replacement=cfg["generated_replacement"])
     recipe = Recipe(loss=cfg["loss"], total_steps=math.ceil(cfg["images_seen"] / cfg["batch_size"]), lr=cfg["lr"],
                     momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"],
                     warmup_fraction=cfg["warmup_fraction"], ema_decay=cfg["ema_decay"], seed=seed,
                     norm=attack["norm"], eps=attack["eps"], step_size=attack["step_size"],
-                    attack_steps=cfg["attack_steps"], beta=cfg["beta"], label_smoothing=cfg["label_smoothing"])
+                    attack_steps=cfg["attack_steps"], beta=cfg["beta"], label_smoothing=cfg["label_smoothing"],
+                    epoch_steps=math.ceil(cfg["epoch_images"] / cfg["batch_size"]),
+                    accumulation_steps=cfg["accumulation_steps"], **speed_options(cfg))
     print(f"adv_train: {recipe.total_steps} steps of {mixer.real_per_batch} real + {mixer.generated_per_batch} "
-          f"generated images ({n_generated} generated available), {cfg['loss']} at {attack['norm']} eps={attack['eps']:.4g}")
+          f"generated images ({len(data.real_images)} real and {n_generated} generated available, "
+          f"{0 if validation is None else len(validation.labels)} held out), {cfg['loss']} at {attack['norm']} "
+          f"eps={attack['eps']:.4g}", flush=True)
     model = new_model(cfg["model"], num_classes, images, seed)
-    model, history = fit(model, data, mixer, recipe, work_dir)
-    if distributed.is_main():
-        save_classifier(model_out, model, cfg["model"], num_classes,
-                        clock.meta(history=history, images_seen=recipe.total_steps * cfg["batch_size"], threat=threat,
-                                   generator=settings["generator"] if shard_dir else "none",
-                                   num_generated=n_generated, loss=cfg["loss"]))
-        print(f"adv_train: wrote {model_out}")
+    result = fit(model, data, mixer, recipe, work_dir, validation=validation)
+    if not distributed.is_main():
+        return
+    meta = clock.meta(history=result.history, images_seen=recipe.total_steps * cfg["batch_size"], threat=threat,
+                      generator=settings["generator"] if shard_dir else "none", num_generated=n_generated,
+                      loss=cfg["loss"], best_epoch=result.best_epoch, held_out=cfg["validation"]["size"])
+    save_classifier(outputs.last, result.last, cfg["model"], num_classes, dict(meta, checkpoint="last"))
+    save_classifier(outputs.model, result.best or result.last, cfg["model"], num_classes,
+                    dict(meta, checkpoint="best" if result.best is not None else "last"))
+    write_metrics(outputs.metrics, result.history)
+    print(f"adv_train: wrote {outputs.model} (epoch {result.best_epoch or len(result.history)}), {outputs.last}, "
+          f"{outputs.metrics}")

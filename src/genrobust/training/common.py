@@ -29,3 +29,11 @@ def new_model(spec: Mapping[str, Any], num_classes: int, images: np.ndarray, see
     torch.manual_seed(seed)
     mean, std = channel_stats(images)
     return build_classifier(spec, num_classes, mean, std).to(device())
+
+
+def speed_options(cfg: Mapping[str, Any]) -> dict[str, bool]:
+    """bf16 autocast and channels_last pay on a GPU's tensor cores and cost on a CPU, hence `auto`."""
+    on_gpu = device().type == "cuda"
+    return {"bf16": cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and on_gpu),
+            "channels_last": cfg["channels_last"] is True or (cfg["channels_last"] == "auto" and on_gpu),
+            "compile": cfg["compile"]}

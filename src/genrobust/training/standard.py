@@ -8,7 +8,7 @@ from typing import Any
 from .. import distributed, io
 from ..models.checkpoint import save_classifier
 from ..provenance import StageClock, read_meta
-from .common import load_real, new_model
+from .common import load_real, new_model, speed_options
 from .loop import Recipe, TrainingData, fit
 from .mixing import BatchMixer
 
@@ -20,9 +20,10 @@ def train_classifier(settings: dict[str, Any], train_path: Path, model_out: Path
     model = new_model(cfg["model"], num_classes, images, seed)
     mixer = BatchMixer(len(images), 0, cfg["batch_size"], 0.0, seed)
     recipe = Recipe(loss="ce", total_steps=cfg["epochs"] * mixer.steps_per_epoch(), lr=cfg["lr"], momentum=0.9,
-                    nesterov=True, weight_decay=cfg["weight_decay"], warmup_fraction=0.025, ema_decay=None, seed=seed)
-    model, history = fit(model, TrainingData(images, labels), mixer, recipe, work_dir)
+                    nesterov=True, weight_decay=cfg["weight_decay"], warmup_fraction=0.025, ema_decay=None, seed=seed,
+                    **speed_options(cfg))
+    result = fit(model, TrainingData(images, labels), mixer, recipe, work_dir)
     if distributed.is_main():
-        save_classifier(model_out, model, cfg["model"], num_classes,
-                        clock.meta(history=history, images_seen=recipe.total_steps * cfg["batch_size"]))
+        save_classifier(model_out, result.last, cfg["model"], num_classes,
+                        clock.meta(history=result.history, images_seen=recipe.total_steps * cfg["batch_size"]))
         print(f"train_classifier: wrote {model_out}")
