@@ -25,7 +25,7 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, e
     x_adv = maximise(lambda adv: F.kl_div(F.log_softmax(model(adv), dim=1), clean_probs, reduction="sum"),
                      x, start, norm, eps, step_size, steps)
     model.train(was_training)
-    logits = (trained or model)(torch.cat([x, x_adv]))
+    logits = (model if trained is None else trained)(torch.cat([x, x_adv]))
     clean_logits, adv_logits = logits[: len(x)], logits[len(x):]
     natural = F.cross_entropy(clean_logits, y, label_smoothing=label_smoothing)
     robust = F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(clean_logits, dim=1), reduction="batchmean")
@@ -39,4 +39,4 @@ def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, e
     model.eval()
     x_adv = pgd(model, x, y, norm, eps, step_size, steps)
     model.train(was_training)
-    return F.cross_entropy((trained or model)(x_adv), y, label_smoothing=label_smoothing)
+    return F.cross_entropy((model if trained is None else trained)(x_adv), y, label_smoothing=label_smoothing)
