@@ -57,6 +57,8 @@ def test_snakemake_runs_the_whole_dag_on_digits(snakemake_project: Path) -> None
     assert result["clean_accuracy"] >= 0.85
     assert 0.1 < result["robust_accuracy"] < result["clean_accuracy"]
     assert min(result["per_attack_accuracy"].values()) == pytest.approx(result["robust_accuracy"])
+    metrics = (snakemake_project / "models/digits/adv/linf/metrics.tsv").read_text().splitlines()
+    assert len(metrics) == 1 + 5 and "val_robust_accuracy" in metrics[0]     # 12800 images, epochs of 2560
     again = run(["snakemake", "--cores", "2", TARGET], snakemake_project)
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -75,6 +77,10 @@ def test_dvc_repro_makes_the_same_files(snakemake_project: Path, tmp_path: Path)
     run(["dvc", "repro", "evaluate"], project)              # the same target: evaluate and what it needs
     assert artifacts(project) == artifacts(snakemake_project)
     assert "Data and pipelines are up to date" in run(["dvc", "status", "--with-deps", "evaluate"], project).stdout
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
+    curve, = plots["models/digits/adv/linf/metrics.tsv"]
+    assert curve["content"]["encoding"]["y"]["field"] == "val_robust_accuracy"
+    assert [row["images_seen"] for row in curve["content"]["data"]["values"]] == ["1280"]
 
 
 def test_every_dvc_stage_is_a_snakemake_rule(tmp_path: Path) -> None:
