@@ -1,4 +1,5 @@
-"""Diffusion stages: train and sample both generators, shard purity, resume, and bad input.
+"""Diffusion stages: train and sample both generators, shard purity, resume (also after SIGKILL of the real
+CLI), oversampling, flips, precision, sample grids, and bad input.
 
 Models are tiny (dim 8, a few steps) so the file runs in seconds; what is checked is the
 plumbing (file layouts, seeding, checkpoint/resume, skipping finished shards), not quality.
@@ -7,19 +8,27 @@ plumbing (file layouts, seeding, checkpoint/resume, skipping finished shards), n
 from __future__ import annotations
 
 import copy
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from denoising_diffusion_pytorch.denoising_diffusion_pytorch import sigmoid_beta_schedule
+from PIL import Image
 
 from genrobust import io, shards
 from genrobust.diffusion import sample_diffusion, train_diffusion
+from genrobust.diffusion.grid import COLUMNS, PADDING, grid_path
 from genrobust.diffusion.model import build_model, model_config
-from genrobust.diffusion.train import CKPT_NAME
+from genrobust.diffusion.train import CKPT_NAME, Options, _batch, options
 from genrobust.errors import UserError
 from genrobust.provenance import meta_array
+
+from .conftest import ENV, ROOT, write_images
 
 NUM_IMAGES, SHARD_SIZE = 20, 8   # shards of 8, 8 and 4 images
 
@@ -37,9 +46,9 @@ def one_thread():
 def settings(digits_settings: dict) -> dict:
     settings = copy.deepcopy(digits_settings)
     settings["diffusion"].update(unet={"dim": 8, "dim_mults": [1, 2], "cond_drop_prob": 0.1},
-                                 steps=2, batch_size=4, checkpoint_every=1)
+                                 steps=2, batch_size=4, checkpoint_every=1, grid_every=0)
     settings["diffusion"]["ddpm"]["timesteps"] = 20
-    settings["sample"].update(num_images=NUM_IMAGES, shard_size=SHARD_SIZE, batch_size=4, steps=2)
+    settings["sample"].update(num_images=NUM_IMAGES, oversample=1, shard_size=SHARD_SIZE, batch_size=4, steps=2)
     return settings
 
 
@@ -184,3 +193,127 @@ def test_sigmoid_schedule_replaces_the_package_default(settings) -> None:
     expected = torch.cumprod(1 - sigmoid_beta_schedule(20), dim=0).float()
     torch.testing.assert_close(model.alphas_cumprod, expected)
     torch.testing.assert_close(model.sqrt_one_minus_alphas_cumprod, (1 - expected).sqrt())
+
+
+def test_oversampling_generates_that_many_times_the_images(tmp_path, settings, train_npz) -> None:
+    model = _train(settings, "edm", train_npz, tmp_path)
+    settings["sample"].update(num_images=10, oversample=3)
+    sample_diffusion(settings, "edm", model, tmp_path / "gen")
+    generated = shards.ShardSet.open(tmp_path / "gen")
+    assert len(generated) == 30 and len(generated.manifest["shards"]) == shards.shard_count(settings["sample"]) == 4
+    assert np.bincount(np.concatenate(generated.labels)).tolist() == [3] * 10
+
+
+def test_flip_mirrors_half_the_batch_only_where_the_dataset_allows(params) -> None:
+    images = np.zeros((64, 32, 32, 3), np.uint8)
+    images[:, :, 16:] = 255                                   # dark left half, bright right half
+    labels = np.zeros(64, np.int64)
+    torch.manual_seed(0)
+    plain, _ = _batch(images, labels, 64, Options(flip=False, bf16=False, channels_last=False), torch.device("cpu"))
+    mirrored, _ = _batch(images, labels, 64, Options(flip=True, bf16=False, channels_last=False), torch.device("cpu"))
+    assert (plain[:, :, :, 0] == 0).all()
+    flipped = (mirrored[:, :, :, 0] == 1).all(dim=(1, 2))
+    assert 10 < int(flipped.sum()) < 54 and (mirrored[~flipped][:, :, :, 0] == 0).all()
+    # A mirrored digit, house number or shoe is not an image of its class; a mirrored CIFAR image is.
+    assert {name: info.get("flip", False) for name, info in params["datasets"].items()} == {
+        "cifar10": True, "cifar100": True, "svhn": False, "fashionmnist": False, "digits": False}
+
+
+def test_precision_auto_is_bf16_on_cuda_only_and_bf16_trains_on_a_cpu(tmp_path, settings, train_npz) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert options(settings, cpu) == Options(flip=False, bf16=False, channels_last=False)
+    assert options(settings, cuda) == Options(flip=False, bf16=True, channels_last=True)
+    settings["diffusion"]["precision"] = "fp32"
+    assert not options(settings, cuda).bf16
+    settings["diffusion"]["precision"] = "bf16"
+    assert options(settings, cpu).bf16
+    model = _train(settings, "edm", train_npz, tmp_path)
+    assert all(value.dtype == torch.float32 for value in torch.load(model, weights_only=True)["state_dict"].values()
+               if value.is_floating_point())
+
+
+def test_training_draws_class_ordered_grids_from_the_ema_model(tmp_path, settings, train_npz) -> None:
+    """DDPM here (EDM grids: the SIGKILL test below), with fewer sampler steps than the model's 20."""
+    settings["diffusion"].update(steps=3, grid_every=2, grid_steps=2)
+    with_grids = torch.load(_train(settings, "ddpm", train_npz, tmp_path), weights_only=True)["state_dict"]
+    settings["diffusion"]["grid_every"] = 0
+    without = torch.load(_train(settings, "ddpm", train_npz, tmp_path / "none"), weights_only=True)["state_dict"]
+    assert all(torch.equal(with_grids[key], without[key]) for key in without)    # grids draw no training randomness
+    grids = tmp_path / "ddpm" / "work" / "grids"
+    assert sorted(path.name for path in grids.iterdir()) == ["step-000002.png", "step-000003.png"]
+    with Image.open(grid_path(grids.parent, 3)) as grid:
+        assert grid.format == "PNG"
+        assert grid.size == (COLUMNS * (32 + PADDING) + PADDING, 10 * (32 + PADDING) + PADDING)   # 10 class rows
+
+
+def _cli(stage: str, *args: str, overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "genrobust", stage, "--dataset", "digits", "--generator", "edm", *args,
+            "--params", str(ROOT / "params.yaml"), *[arg for item in overrides for arg in ("--set", item)]]
+
+
+def _kill_when(command: list[str], log: Path, ready, what: str) -> None:
+    """Start the real stage, SIGKILL it as soon as `ready()` holds, and check it was still running then."""
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, env=dict(ENV, OMP_NUM_THREADS="1"), stdout=handle, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert process.poll() is None, f"it ended before {what}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no {what} within 2 minutes"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+
+
+def _rerun(command: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, env=dict(ENV, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+TINY_TRAINING = ["presets.smoke.diffusion.unet.dim=8", "presets.smoke.diffusion.steps=20",
+                 "presets.smoke.diffusion.batch_size=8", "presets.smoke.diffusion.checkpoint_every=5",
+                 "presets.smoke.diffusion.grid_every=20", "presets.smoke.diffusion.grid_steps=2"]
+
+
+def test_sigkilled_training_resumes_from_its_checkpoint(tmp_path) -> None:
+    write_images(tmp_path / "train.npz", 100)
+    model, work = tmp_path / "model.pt", tmp_path / "work"
+    command = _cli("train_diffusion", "--train", str(tmp_path / "train.npz"), "--out", str(model), "--work", str(work),
+                   overrides=TINY_TRAINING)
+    ckpt = work / CKPT_NAME
+    _kill_when(command, tmp_path / "killed.log", ckpt.exists, "checkpoint")
+    saved = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < saved < 20 and not model.exists()
+
+    rerun = _rerun(command)
+    assert f"resuming from {ckpt} at step {saved}" in rerun.stdout
+    assert "step 20/20 loss" in rerun.stdout and "img/s" in rerun.stderr    # the log line and the progress bar
+    meta = torch.load(model, weights_only=True)["meta"]
+    assert (meta["steps"], meta["resumed_from_step"]) == (20, saved)
+    assert torch.load(ckpt, weights_only=True)["step"] == 20
+    assert [path.name for path in (work / "grids").iterdir()] == ["step-000020.png"]
+
+
+def test_sigkilled_sampling_keeps_finished_shards_and_ends_equal_to_an_uninterrupted_run(
+        tmp_path, settings, train_npz) -> None:
+    model = _train(settings, "edm", train_npz, tmp_path)
+    out = tmp_path / "gen"
+    sample = {"num_images": 40, "oversample": 2, "shard_size": 10, "batch_size": 10, "steps": 2}   # 8 shards
+    command = _cli("sample_diffusion", "--model", str(model), "--out", str(out),
+                   overrides=[f"presets.smoke.sample.{key}={value}" for key, value in sample.items()])
+    _kill_when(command, tmp_path / "killed.log", (out / shards.shard_name(0)).exists, "finished shard")
+    finished = {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in out.glob("shard-*.npz")}
+    assert 1 <= len(finished) < 8 and not (out / shards.MANIFEST).exists()
+
+    rerun = _rerun(command)
+    assert all(f"shard {int(name[6:11])} " not in rerun.stdout for name in finished)   # none made again
+    assert {name: (out / name).stat().st_ino for name in finished} == {name: ino for name, (ino, _) in finished.items()}
+    assert {name: (out / name).stat().st_mtime_ns for name in finished} == {n: m for n, (_, m) in finished.items()}
+
+    settings["sample"].update(sample)
+    sample_diffusion(settings, "edm", model, tmp_path / "straight")
+    assert sorted(path.name for path in out.iterdir()) == sorted(p.name for p in (tmp_path / "straight").iterdir())
+    resumed, straight = shards.ShardSet.open(out, verify=True), shards.ShardSet.open(tmp_path / "straight")
+    assert len(resumed) == len(straight) == 80
+    for mine, theirs in zip(resumed.images + resumed.labels, straight.images + straight.labels):
+        assert np.asarray(mine).tobytes() == np.asarray(theirs).tobytes()

@@ -1,55 +1,103 @@
-"""The `pseudo_label` stage: the standard classifier labels every generated image.
+"""The `pseudo_label` stage: the standard classifier scores every generated image, and a fraction is kept.
 
-Generated images carry the class they were conditioned on, but a weak or unconditional
-generator's samples need not look like it; Gowal et al. and Wang et al. therefore train
-on the classifier's label, and Wang et al. keep only the most confident images per class.
+Two recipes (params `pseudo_label.mode`):
+- `confidence` (Gowal et al. 2021): the label is the classifier's argmax and the score its
+  probability, since a weak or unconditional generator's samples need not look like their class.
+- `conditioning` (Wang et al. 2023): the label stays the class the image was generated for and the
+  score is the classifier's probability of that class, so the kept images are those that look
+  most like what they were asked to be; with `sample.oversample: 5` and `keep_fraction: 0.2`
+  this is the paper's "generate 5x, keep the best 20% per class".
+Either way exactly the top `keep_fraction` per class (by that label) is kept.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from . import io
+from .distributed import device
+from .errors import UserError
 from .models.checkpoint import load_classifier
 from .provenance import StageClock, meta_array
 from .shards import ShardSet
-from .distributed import device
 from .training.loop import to_tensor
 
 
+class Scores(NamedTuple):
+    """Per generated image: its conditioning class, the classifier's argmax and the two probabilities."""
+
+    conditioned: np.ndarray
+    predicted: np.ndarray
+    p_conditioned: np.ndarray
+    p_predicted: np.ndarray
+
+
+class Selection(NamedTuple):
+    label: np.ndarray       # what adv_train trains on
+    confidence: np.ndarray  # the score the selection ranked by
+    keep: np.ndarray        # bool
+
+
 def keep_most_confident(labels: np.ndarray, confidence: np.ndarray, fraction: float, num_classes: int) -> np.ndarray:
-    """Per predicted class, keep the ceil(fraction * count) most confident images (ties: lower index first)."""
+    """Per class in `labels`, keep the ceil(fraction * count) highest `confidence` (ties: lower index first).
+
+    The product is rounded first so that float error (0.7 * 10 = 7.000000000000001) keeps no extra image.
+    """
     keep = np.zeros(len(labels), dtype=bool)
     for k in range(num_classes):
         members = np.flatnonzero(labels == k)
-        count = int(np.ceil(fraction * len(members)))
+        count = int(np.ceil(round(fraction * len(members), 6)))
         order = members[np.argsort(-confidence[members], kind="stable")]
         keep[order[:count]] = True
     return keep
 
 
+def select(scores: Scores, mode: str, fraction: float, num_classes: int) -> Selection:
+    """The labels and the kept images of `mode` (the schema allows only the two)."""
+    label, confidence = {"conditioning": (scores.conditioned, scores.p_conditioned),
+                         "confidence": (scores.predicted, scores.p_predicted)}[mode]
+    return Selection(label, confidence, keep_most_confident(label, confidence, fraction, num_classes))
+
+
 @torch.no_grad()
+def score(model: torch.nn.Module, shards: ShardSet, batch_size: int, target: torch.device) -> Scores:
+    """Classify every generated image, a batch at a time (the shards stay memory-mapped)."""
+    count = len(shards)
+    conditioned = np.empty(count, dtype=np.int64)
+    predicted = np.empty(count, dtype=np.int64)
+    p_conditioned = np.empty(count, dtype=np.float32)
+    p_predicted = np.empty(count, dtype=np.float32)
+    start = 0
+    for images, labels in shards.batches(batch_size):
+        stop = start + len(images)
+        probs = torch.softmax(model(to_tensor(images, target)).float(), dim=1).cpu()
+        best, index = probs.max(dim=1)
+        # An unconditional image (label -1) has no conditioning class: its probability is NaN.
+        of_label = probs.gather(1, torch.from_numpy(labels).clamp(min=0)[:, None])[:, 0]
+        of_label[torch.from_numpy(labels) < 0] = float("nan")
+        conditioned[start:stop], predicted[start:stop] = labels, index.numpy()
+        p_conditioned[start:stop], p_predicted[start:stop] = of_label.numpy(), best.numpy()
+        start = stop
+    return Scores(conditioned, predicted, p_conditioned, p_predicted)
+
+
 def pseudo_label(settings: dict[str, Any], classifier_path: Path, shard_dir: Path, labels_out: Path) -> None:
     num_classes, cfg = settings["dataset"]["num_classes"], settings["pseudo_label"]
     shards = ShardSet.open(shard_dir, verify=True)
+    if cfg["mode"] == "conditioning" and any((np.asarray(labels) < 0).any() for labels in shards.labels):
+        raise UserError(f"{shard_dir}: holds unconditional images (label -1), but pseudo_label.mode = 'conditioning' "
+                        "needs each image's conditioning class; use mode: confidence")
     model, ckpt = load_classifier(classifier_path, num_classes, device())
     clock = StageClock("pseudo_label", ckpt["meta"], shards.manifest.get("meta", {}))
-    labels = np.empty(len(shards), dtype=np.int64)
-    confidence = np.empty(len(shards), dtype=np.float32)
-    start = 0
-    for images, _ in shards.batches(cfg["batch_size"]):
-        probs = torch.softmax(model(to_tensor(images, device())), dim=1)
-        best, index = probs.max(dim=1)
-        labels[start:start + len(images)], confidence[start:start + len(images)] = index.cpu(), best.cpu()
-        start += len(images)
-    keep = keep_most_confident(labels, confidence, cfg["keep_fraction"], num_classes)
-    conditioned = np.concatenate(shards.labels) if len(shards) else np.empty(0, dtype=np.int64)
-    agreement = float((conditioned == labels).mean()) if len(shards) else float("nan")
-    io.save_npz(labels_out, label=labels, confidence=confidence, keep=keep,
-                meta=meta_array(clock.meta(kept=int(keep.sum()), agreement_with_conditioning=agreement)))
-    print(f"pseudo_label: kept {int(keep.sum())}/{len(shards)} images; the classifier agrees with the "
+    scores = score(model, shards, cfg["batch_size"], device())
+    chosen = select(scores, cfg["mode"], cfg["keep_fraction"], num_classes)
+    agreement = float((scores.conditioned == scores.predicted).mean()) if len(shards) else float("nan")
+    kept = int(chosen.keep.sum())
+    io.save_npz(labels_out, label=chosen.label, confidence=chosen.confidence, keep=chosen.keep,
+                meta=meta_array(clock.meta(mode=cfg["mode"], kept=kept, agreement_with_conditioning=agreement)))
+    print(f"pseudo_label ({cfg['mode']}): kept {kept}/{len(shards)} images; the classifier agrees with the "
           f"conditioning class on {agreement:.1%}; wrote {labels_out}")

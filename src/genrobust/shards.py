@@ -27,6 +27,18 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.npz"
 
 
+def generated_count(sample: Mapping[str, Any]) -> int:
+    """Images a sampling stage makes: `oversample` x `num_images`, of which pseudo_label keeps a fraction.
+
+    The Snakemake rules count shards with this too, so the pipelines and the stages agree.
+    """
+    return sample["num_images"] * sample["oversample"]
+
+
+def shard_count(sample: Mapping[str, Any]) -> int:
+    return len(shard_bounds(generated_count(sample), sample["shard_size"]))
+
+
 def shard_bounds(num_images: int, shard_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + shard_size, num_images)) for start in range(0, num_images, shard_size)]
 
@@ -89,15 +101,15 @@ def write_manifest(directory: str | os.PathLike, bounds: Sequence[tuple[int, int
 
 def fill(out_dir: Path, num_images: int, shard_size: int, num_classes: int, seed: int, only: list[int] | None,
          identity: Mapping[str, Any], make: Callable[[np.ndarray, int], np.ndarray], clock: StageClock) -> None:
-    """Make every shard that is not done (all, or those in `only`), then, for all, the manifest.
+    """Make every shard of `num_images` images that is not done (all, or those in `only`), then, for all, the manifest.
 
     `make(labels, shard_seed)` returns the shard's uint8 NHWC images; it is the only thing a
     generator supplies, so every generator gets the same layout, seeding, resume and manifest.
     """
     bounds = shard_bounds(num_images, shard_size)
     if only is not None and (bad := [k for k in only if not 0 <= k < len(bounds)]):
-        raise UserError(f"shard {bad[0]} does not exist: sample.num_images and sample.shard_size "
-                        f"give shards 0 to {len(bounds) - 1}")
+        raise UserError(f"shard {bad[0]} does not exist: sample.num_images x sample.oversample = {num_images} "
+                        f"images in shards of sample.shard_size = {shard_size} are shards 0 to {len(bounds) - 1}")
     wanted = range(len(bounds)) if only is None else sorted(set(only))
     todo = [k for k in wanted if not shard_is_complete(out_dir / shard_name(k), bounds[k][1] - bounds[k][0], identity)]
     if todo:

@@ -1,6 +1,7 @@
 # Generated data: a class-conditional diffusion model (edm or ddpm) or the per-class Gaussian baseline.
 # Each shard is its own job (the {shard} wildcard), so shards spread over cores, GPUs or cluster nodes,
-# and a killed job loses only its own shard; the gather rules write manifest.json.
+# and a killed job loses only its own shard; the gather rules write manifest.json. The shard count is
+# sample.num_images x sample.oversample / sample.shard_size (shard_files in common.smk).
 
 
 rule train_diffusion:
@@ -11,7 +12,7 @@ rule train_diffusion:
     params:
         launcher=launcher,
         overrides=OVERRIDES,
-        settings=settings("diffusion"),
+        settings=settings("diffusion", "dataset"),  # the dataset's `flip` changes training too
         work="work/{dataset}/diffusion/{diffusion}",
     conda:
         "../../envs/genrobust.yaml"

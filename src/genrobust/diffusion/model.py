@@ -64,9 +64,12 @@ class ConditionalElucidatedDiffusion(ElucidatedDiffusion):
         return (losses * self.loss_weight(sigmas)).mean()
 
     @torch.no_grad()
-    def sample(self, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Deterministic Heun sampler: EDM Algorithm 1 with S_churn = 0, so only x_0 is random."""
-        sigmas = self.sample_schedule(self.num_sample_steps).tolist()
+    def sample(self, classes: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
+        """Deterministic Heun sampler: EDM Algorithm 1 with S_churn = 0, so only x_0 is random.
+
+        `steps` (default: the model's `num_sample_steps`) lets training draw quick preview grids.
+        """
+        sigmas = self.sample_schedule(steps).tolist()
         shape = (len(classes), self.channels, self.image_size, self.image_size)
         x = sigmas[0] * torch.randn(shape, generator=generator).to(self.device)
         for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
@@ -119,9 +122,10 @@ class ConditionalGaussianDiffusion(GaussianDiffusion):
             getattr(self, name).copy_(value.float())
 
     @torch.no_grad()
-    def sample(self, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """DDIM with eta = 0 over `sampling_timesteps` steps (the package's time grid), no guidance."""
-        times = torch.linspace(-1, self.num_timesteps - 1, self.sampling_timesteps + 1).int().tolist()[::-1]
+    def sample(self, classes: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
+        """DDIM with eta = 0 over `steps` (default: `sampling_timesteps`) on the package's time grid, no guidance."""
+        steps = steps or self.sampling_timesteps
+        times = torch.linspace(-1, self.num_timesteps - 1, steps + 1).int().tolist()[::-1]
         shape = (len(classes), self.channels, self.image_size, self.image_size)
         x = torch.randn(shape, generator=generator).to(self.device)
         for time, time_next in zip(times[:-1], times[1:]):

@@ -1,11 +1,13 @@
 """Stage train_diffusion: fit a class-conditional diffusion model to train.npz, resumably.
 
 A plain training loop (batches drawn at random from the memory-mapped images, random
-horizontal flips, AdamW, gradient clipping, EMA of the weights). Every `checkpoint_every`
-steps and at the end the whole training state goes atomically to `work_dir/ckpt.pt`, which
-is not a declared pipeline output, so neither Snakemake nor DVC deletes it before a rerun;
-a rerun with the same settings resumes from it, and one with more `steps` continues it.
-The EMA weights are what the model file keeps and what the sampler uses.
+horizontal flips where the dataset allows them (`datasets.<name>.flip`), AdamW, gradient
+clipping, EMA of the weights, bf16 autocast per `diffusion.precision`). Every
+`checkpoint_every` steps and at the end the whole training state goes atomically to
+`work_dir/ckpt.pt`, which is not a declared pipeline output, so neither Snakemake nor DVC
+deletes it before a rerun; a rerun with the same settings resumes from it, and one with more
+`steps` continues it. Every `grid_every` steps and at the end a PNG grid of EMA samples goes
+to `work_dir/grids/`. The EMA weights are what the model file keeps and what the sampler uses.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import pickle
 import random
+import sys
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping
 
@@ -23,15 +27,33 @@ import torch
 from ema_pytorch import EMA
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from .. import distributed, io
 from ..errors import UserError
 from ..provenance import StageClock, read_meta
-from .model import FORMAT, build_model, model_config, to_device
+from .grid import grid_path, write_grid
+from .model import FORMAT, build_model, model_config
 
 CKPT_NAME = "ckpt.pt"
 CKPT_FORMAT = "genrobust-diffusion-train-state"
 LOG_EVERY = 50
+
+
+@dataclass(frozen=True)
+class Options:
+    """How each step runs, resolved from params and the device."""
+
+    flip: bool            # datasets.<name>.flip: may a batch image be mirrored left-right?
+    bf16: bool            # autocast the forward pass to bfloat16
+    channels_last: bool   # model and batches in NHWC, which GPU convolutions run faster in
+
+
+def options(settings: Mapping[str, Any], device: torch.device) -> Options:
+    precision = settings["diffusion"]["precision"]
+    return Options(flip=bool(settings["dataset"].get("flip", False)),
+                   bf16=precision == "bf16" or (precision == "auto" and device.type == "cuda"),
+                   channels_last=device.type == "cuda")
 
 
 def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Path, model_out: Path,
@@ -39,14 +61,19 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
     """Train (or resume training) and write the EMA model to `model_out`."""
     cfg = settings["diffusion"]
     num_classes = settings["dataset"]["num_classes"]
+    if generator == "ddpm" and cfg["grid_every"] and cfg["grid_steps"] > cfg["ddpm"]["timesteps"]:
+        raise UserError(f"diffusion.grid_steps = {cfg['grid_steps']}: must be at most "
+                        f"diffusion.ddpm.timesteps = {cfg['ddpm']['timesteps']}")
     arrays = io.open_npz(train_path)
     images, labels = io.validate_images(train_path, arrays, num_classes)
+    io.require_every_class(train_path, labels, num_classes, "the class-conditional diffusion model")
     clock = StageClock("train_diffusion", read_meta(arrays))
     device = distributed.device()
     fingerprint = _fingerprint(settings, generator, train_path)
 
     _seed_everything(settings["seed"])
-    model = to_device(build_model(generator, model_config(cfg, generator), num_classes), device)
+    opts = options(settings, device)
+    model = build_model(generator, model_config(cfg, generator), num_classes).to(device, memory_format=_layout(opts))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
     ema = EMA(model, beta=cfg["ema_decay"], update_after_step=0, update_every=1, include_online_model=False)
     ckpt_path = Path(work_dir) / CKPT_NAME
@@ -58,8 +85,17 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
         raise UserError(f"diffusion.batch_size = {cfg['batch_size']} is not divisible by the {world} processes")
     # Under torchrun each process trains on every world-th image of the same global batch.
     trained = DistributedDataParallel(model) if world > 1 else model
-    _loop(trained, model, ema, optimizer, images, labels, cfg, device, start,
-          save=lambda step: _save_state(ckpt_path, fingerprint, step, model, ema, optimizer), tag=generator)
+
+    def after_step(step: int) -> None:
+        """Checkpoint, then draw a grid, on the steps params ask for and at the last one (first process only)."""
+        last = step == cfg["steps"]
+        if step % cfg["checkpoint_every"] == 0 or last:
+            _save_state(ckpt_path, fingerprint, step, model, ema, optimizer)
+        if cfg["grid_every"] and (step % cfg["grid_every"] == 0 or last):
+            write_grid(ema.ema_model, num_classes, cfg["grid_steps"], settings["seed"], grid_path(work_dir, step))
+
+    _loop(trained, model, ema, optimizer, images, labels, cfg, opts, device, start,
+          after_step, tag=generator)
     if not distributed.is_main():
         return
 
@@ -76,6 +112,7 @@ def _fingerprint(settings: Mapping[str, Any], generator: str, train_path: Path) 
     cfg = settings["diffusion"]
     return {"generator": generator, "config": model_config(cfg, generator),
             "num_classes": settings["dataset"]["num_classes"], "seed": settings["seed"],
+            "flip": bool(settings["dataset"].get("flip", False)),
             **{key: cfg[key] for key in ("batch_size", "lr", "ema_decay", "grad_clip")},
             "train_sha256": io.sha256(train_path)}
 
@@ -87,50 +124,61 @@ def _seed_everything(seed: int) -> None:
 
 
 def _loop(trained: nn.Module, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, images: np.ndarray,
-          labels: np.ndarray, cfg: Mapping[str, Any], device: torch.device, start: int, save: Callable[[int], None],
-          tag: str) -> None:
-    """Steps `start + 1 ... steps`; checkpoints every `checkpoint_every` steps and at the last one (first process)."""
+          labels: np.ndarray, cfg: Mapping[str, Any], opts: Options, device: torch.device, start: int,
+          after_step: Callable[[int], None], tag: str) -> None:
+    """Steps `start + 1 ... steps` with a progress bar (images/s, loss) on stderr; `after_step` on the first process."""
     world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
-    steps, every = cfg["steps"], cfg["checkpoint_every"]
+    steps, batch_size = cfg["steps"], cfg["batch_size"]
     loss_sum, window, tick = torch.zeros((), device=device), 0, time.perf_counter()
-    for step in range(start + 1, steps + 1):
-        x, y = _batch(images, labels, cfg["batch_size"], device)
-        x, y = x[rank::world], y[rank::world]
-        with _autocast(device):
-            loss = trained(x, classes=y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        optimizer.step()
-        ema.update()
-        loss_sum += loss.detach()  # summed on the device: no host sync between log lines
-        window += 1
-        if main and (step % LOG_EVERY == 0 or step == steps):
-            rate = window * len(x) * world / (time.perf_counter() - tick)
-            print(f"train_diffusion {tag}: step {step}/{steps} loss {loss_sum.item() / window:.4f} "
-                  f"{rate:.1f} images/s", flush=True)
-            loss_sum.zero_()
-            window, tick = 0, time.perf_counter()
-        if main and (step % every == 0 or step == steps):
-            save(step)
+    # In a log file (Snakemake, DVC) a bar line a minute is plenty; on a terminal it redraws every second.
+    bar = tqdm(total=steps * batch_size, initial=start * batch_size, unit="img", unit_scale=True,
+               desc=f"train_diffusion {tag}", file=sys.stderr, disable=not main,
+               mininterval=1.0 if sys.stderr.isatty() else 60.0)
+    with bar:
+        for step in range(start + 1, steps + 1):
+            x, y = _batch(images, labels, batch_size, opts, device)
+            x, y = x[rank::world], y[rank::world]
+            with _autocast(device, opts.bf16):
+                loss = trained(x, classes=y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            optimizer.step()
+            ema.update()
+            loss_sum += loss.detach().float()  # summed on the device: no host sync between log lines
+            window += 1
+            bar.update(batch_size)
+            if main and (step % LOG_EVERY == 0 or step == steps):
+                mean_loss, rate = loss_sum.item() / window, window * batch_size / (time.perf_counter() - tick)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+                bar.write(f"train_diffusion {tag}: step {step}/{steps} loss {mean_loss:.4f} {rate:.1f} images/s",
+                          file=sys.stdout)
+                sys.stdout.flush()
+                loss_sum.zero_()
+                window, tick = 0, time.perf_counter()
+            if main:
+                after_step(step)
 
 
-def _batch(images: np.ndarray, labels: np.ndarray, batch_size: int,
+def _layout(opts: Options) -> torch.memory_format:
+    return torch.channels_last if opts.channels_last else torch.contiguous_format
+
+
+def _batch(images: np.ndarray, labels: np.ndarray, batch_size: int, opts: Options,
            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random batch in [0, 1], NCHW, half of it flipped left-right; only these rows are read from disk."""
+    """A random batch in [0, 1], NCHW (with `flip`, half of it mirrored); only these rows are read from disk."""
     index = torch.randint(len(images), (batch_size,)).numpy()
     x = torch.from_numpy(images[index]).to(device).permute(0, 3, 1, 2).float().div_(255)
-    flip = (torch.rand(batch_size) < 0.5).to(device).view(-1, 1, 1, 1)
-    x = torch.where(flip, x.flip(3), x)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, torch.from_numpy(labels[index]).to(device)
+    if opts.flip:
+        mirror = (torch.rand(batch_size) < 0.5).to(device).view(-1, 1, 1, 1)
+        x = torch.where(mirror, x.flip(3), x)
+    return x.contiguous(memory_format=_layout(opts)), torch.from_numpy(labels[index]).to(device)
 
 
-def _autocast(device: torch.device) -> ContextManager[Any]:
-    """bf16 mixed precision on CUDA; full fp32 on CPU, where bf16 is slow and gains nothing."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(device: torch.device, bf16: bool) -> ContextManager[Any]:
+    """bf16 mixed precision where asked (`auto`: on CUDA only, since on a CPU it is slower and gains nothing)."""
+    if bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -1,0 +1,133 @@
+"""Selection of generated images as in Wang et al. 2023: score by the conditioning class, keep the top fraction."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genrobust import io, shards
+from genrobust.errors import UserError
+from genrobust.models.checkpoint import build_classifier, load_classifier, save_classifier
+from genrobust.provenance import StageClock, read_meta
+from genrobust.pseudo_label import Scores, pseudo_label, select
+from genrobust.training.loop import to_tensor
+
+from .conftest import ENV, ROOT
+
+# Six images, conditioned on classes 0, 1, 2, 0, 1, 2. The classifier's favourite class and
+# its probability differ from the conditioning class's probability, so the two modes disagree.
+PROBS = np.array([[0.50, 0.40, 0.10],    # 0: cond 0 scores 0.50
+                  [0.70, 0.20, 0.10],    # 1: cond 1 scores 0.20, yet the classifier is 0.70 sure of class 0
+                  [0.10, 0.10, 0.80],    # 2: cond 2 scores 0.80
+                  [0.30, 0.60, 0.10],    # 3: cond 0 scores 0.30
+                  [0.05, 0.90, 0.05],    # 4: cond 1 scores 0.90
+                  [0.45, 0.10, 0.45]],   # 5: cond 2 scores 0.45 (argmax: class 0, by index)
+                 dtype=np.float32)
+CONDITIONED = np.array([0, 1, 2, 0, 1, 2])
+
+
+def _scores(probs: np.ndarray, conditioned: np.ndarray) -> Scores:
+    rows = np.arange(len(probs))
+    return Scores(conditioned, probs.argmax(1), probs[rows, conditioned], probs.max(1))
+
+
+def test_conditioning_mode_keeps_the_top_fraction_per_conditioning_class() -> None:
+    chosen = select(_scores(PROBS, CONDITIONED), "conditioning", 0.5, 3)
+    assert np.flatnonzero(chosen.keep).tolist() == [0, 2, 4]         # per class, the higher of the two
+    assert chosen.label.tolist() == CONDITIONED.tolist()               # the label stays the conditioning class
+    np.testing.assert_allclose(chosen.confidence, [0.5, 0.2, 0.8, 0.3, 0.9, 0.45])
+
+
+def test_confidence_mode_labels_and_ranks_by_the_classifier_instead() -> None:
+    chosen = select(_scores(PROBS, CONDITIONED), "confidence", 0.5, 3)
+    assert chosen.label.tolist() == [0, 0, 2, 1, 1, 0]
+    # class 0: images 0, 1, 5 (0.50, 0.70, 0.45) -> ceil(1.5) = 2 kept; class 1: 3, 4 -> 1; class 2: 2 -> 1
+    assert np.flatnonzero(chosen.keep).tolist() == [0, 1, 2, 4]
+
+
+def test_exactly_the_fraction_is_kept_despite_float_error() -> None:
+    """0.7 * 10 is 7.000000000000001 in floating point: a plain ceil would keep 8 of 10."""
+    conditioned = np.arange(100) % 10
+    scores = _scores(np.random.default_rng(0).dirichlet(np.ones(10), 100).astype(np.float32), conditioned)
+    for fraction, per_class in [(0.7, 7), (0.3, 3), (0.2, 2), (0.25, 3), (1.0, 10)]:
+        keep = select(scores, "conditioning", fraction, 10).keep
+        assert np.bincount(conditioned[keep], minlength=10).tolist() == [per_class] * 10, fraction
+
+
+def _write_shards(directory: Path, count: int, shard_size: int, seed: int = 0) -> np.ndarray:
+    """A generated set as the sampling stages lay it out: class i mod 10, images a little class-dependent."""
+    rng = np.random.default_rng(seed)
+    bounds = shards.shard_bounds(count, shard_size)
+    images = []
+    for index, (start, stop) in enumerate(bounds):
+        labels = shards.shard_labels(start, stop, 10)
+        batch = np.clip(labels[:, None, None, None] * 20 + rng.integers(0, 80, (stop - start, 32, 32, 3)), 0, 255)
+        images.append(batch.astype(np.uint8))
+        shards.write_shard(directory, index, images[-1], labels, {"shard": index})
+    shards.write_manifest(directory, bounds, 10, StageClock("sample_gaussian"), generator="gaussian")
+    return np.concatenate(images)
+
+
+@pytest.fixture
+def classifier(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    spec = {"arch": "wrn", "depth": 10, "width": 1, "activation": "relu"}
+    path = tmp_path / "classifier.pt"
+    save_classifier(path, build_classifier(spec, 10, [0.5] * 3, [0.25] * 3).eval(), spec, 10, {})
+    return path
+
+
+def test_the_stage_keeps_the_top_fraction_by_conditioning_class_probability(tmp_path, classifier) -> None:
+    images = _write_shards(tmp_path / "shards", 100, 40)     # shards of 40, 40 and 20 images
+    labels_out = tmp_path / "labels.npz"
+    command = [sys.executable, "-m", "genrobust", "pseudo_label", "--dataset", "digits", "--classifier",
+               str(classifier), "--shards", str(tmp_path / "shards"), "--out", str(labels_out),
+               "--params", str(ROOT / "params.yaml"), "--set", "presets.smoke.pseudo_label.mode=conditioning",
+               "--set", "presets.smoke.pseudo_label.keep_fraction=0.3",
+               "--set", "presets.smoke.pseudo_label.batch_size=32"]
+    done = subprocess.run(command, env=dict(ENV, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pseudo_label (conditioning): kept 30/100 images" in done.stdout
+
+    written = io.open_npz(labels_out)
+    conditioned = np.arange(100) % 10
+    assert np.asarray(written["label"]).tolist() == conditioned.tolist()
+    model, _ = load_classifier(classifier, 10)
+    with torch.no_grad():
+        probs = torch.softmax(model(to_tensor(images, torch.device("cpu"))), dim=1).numpy()
+    expected = probs[np.arange(100), conditioned]
+    np.testing.assert_allclose(written["confidence"], expected, rtol=1e-4, atol=1e-6)
+    keep = np.asarray(written["keep"])
+    for k in range(10):
+        members = conditioned == k
+        assert keep[members].sum() == 3
+        assert expected[members & keep].min() >= expected[members & ~keep].max()
+    assert read_meta(written)["mode"] == "conditioning" and read_meta(written)["kept"] == 30
+
+
+def test_confidence_mode_of_the_stage_labels_by_argmax(tmp_path, classifier, digits_settings) -> None:
+    images = _write_shards(tmp_path / "shards", 40, 40)
+    settings = copy.deepcopy(digits_settings)
+    settings["pseudo_label"].update(mode="confidence", keep_fraction=1.0)
+    pseudo_label(settings, classifier, tmp_path / "shards", tmp_path / "labels.npz")
+    model, _ = load_classifier(classifier, 10)
+    with torch.no_grad():
+        argmax = model(to_tensor(images, torch.device("cpu"))).argmax(1).numpy()
+    written = io.open_npz(tmp_path / "labels.npz")
+    assert np.asarray(written["label"]).tolist() == argmax.tolist() and np.asarray(written["keep"]).all()
+
+
+def test_conditioning_mode_refuses_unconditional_images(tmp_path, classifier, digits_settings) -> None:
+    directory = tmp_path / "shards"
+    shards.write_shard(directory, 0, np.zeros((4, 32, 32, 3), np.uint8), np.full(4, -1, np.int64), {})
+    shards.write_manifest(directory, [(0, 4)], 10, StageClock("test"))
+    settings = copy.deepcopy(digits_settings)
+    settings["pseudo_label"]["mode"] = "conditioning"
+    with pytest.raises(UserError, match=f"{directory}: holds unconditional images"):
+        pseudo_label(settings, classifier, directory, tmp_path / "labels.npz")
