@@ -66,12 +66,3 @@ def test_cli_reports_a_bad_param_in_one_line_without_traceback(tmp_path) -> None
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         f"genrobust prepare_data: error: {bad}: adv_train.generated_fraction = 2: must be at most 1"]
-
-
-@pytest.mark.parametrize("stage", ["prepare_data", "train_diffusion", "sample_diffusion", "fit_gaussian",
-                                   "sample_gaussian", "train_classifier", "pseudo_label", "adv_train", "evaluate"])
-def test_every_stage_has_help_and_names_missing_arguments(stage: str) -> None:
-    helped = subprocess.run([sys.executable, "-m", "genrobust", stage, "--help"], capture_output=True, text=True)
-    assert helped.returncode == 0 and "--dataset" in helped.stdout
-    missing = subprocess.run([sys.executable, "-m", "genrobust", stage], capture_output=True, text=True)
-    assert missing.returncode == 2 and "the following arguments are required: --dataset" in missing.stderr

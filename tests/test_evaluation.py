@@ -73,11 +73,11 @@ def test_evaluate_writes_a_result_with_its_provenance(tmp_path, digits_settings)
     spec = {"arch": "wrn", "depth": 10, "width": 1, "activation": "silu"}
     model = build_classifier(spec, 10, [0.5] * 3, [0.25] * 3)
     save_classifier(tmp_path / "m.pt", model, spec, 10, {"stage_wall_time_s": {"adv_train": 1.5}, "images_seen": 64})
-    settings = dict(digits_settings, evaluate={"n_examples": 30, "version": "custom", "attacks": ["apgd-ce"],
-                                               "batch_size": 10})
+    settings = dict(digits_settings, evaluate={"n_examples": 30, "allow_fewer": True, "version": "custom",
+                                               "attacks": ["apgd-ce"], "batch_size": 10})
     evaluate(settings, "linf", tmp_path / "m.pt", tmp_path / "test.npz", tmp_path / "r.json")
     result = json.loads((tmp_path / "r.json").read_text())
-    assert result["n_examples"] == 20 and "only 20 points" in result["note"]
+    assert result["n_examples"] == 20 and result["partial"] is True and "only 20 points" in result["note"]
     assert result["attack"]["attacks"] == ["apgd-ce"] and result["norm"] == "Linf"
     assert set(result["stage_wall_time_s"]) == {"adv_train", "evaluate"}
     assert len(result["hashes"]["checkpoint_sha256"]) == 64 and result["package_versions"]["pyautoattack"] == "0.2.0"

@@ -8,6 +8,7 @@ directory and is renamed into place (rename is atomic on POSIX within one filesy
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io as _io
 import json
@@ -31,6 +32,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # A writer killed outright (SIGKILL, a lost node) cannot remove its temporary file; the next
+    # write of the same path does, so a killed shard job leaves no partial shard in a DVC-tracked folder.
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -152,3 +157,17 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def md5(path: str | os.PathLike) -> str:
+    """What DVC records for a file output: the md5 of its bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+
+
+def require_every_class(path: str | os.PathLike, labels: np.ndarray, num_classes: int, needed_by: str) -> None:
+    """A class-conditional generator or a per-class fit cannot model a class it never saw."""
+    missing = np.flatnonzero(np.bincount(np.asarray(labels), minlength=num_classes) == 0)
+    if missing.size:
+        raise UserError(f"{path}: class {int(missing[0])} has no images ({missing.size} of {num_classes} classes "
+                        f"missing); {needed_by} needs at least one image of every class")

@@ -42,14 +42,17 @@ class AttackResult:
 class _CheckedLogits(nn.Module):
     """Refuses NaN or infinite logits, which would make every attack silently fail."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, source: str) -> None:
         super().__init__()
         self.model = model
+        self.source = source
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
         if not torch.isfinite(logits).all():
-            raise UserError("the model produced NaN or infinite logits; refusing to evaluate it")
+            bad = int((~torch.isfinite(logits)).any(1).sum())
+            raise UserError(f"{self.source}: the model produced NaN or infinite logits for {bad} of {len(x)} images; "
+                            f"expected finite logits, so refusing to evaluate it")
         return logits
 
 
@@ -62,8 +65,9 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
 
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, version: str,
-                   attacks: list[str] | None, batch_size: int, seed: int) -> AttackResult:
-    checked = _CheckedLogits(model).eval()
+                   attacks: list[str] | None, batch_size: int, seed: int, source: str = "the model") -> AttackResult:
+    """`source` names the model in errors (its checkpoint file)."""
+    checked = _CheckedLogits(model, source).eval()
     clean = _accuracy(checked, x, y, batch_size)
     adversary = AutoAttack(checked, norm=norm, eps=eps, version=version, seed=seed, device=x.device,
                            attacks=attacks if version == "custom" else None)

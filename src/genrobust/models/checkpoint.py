@@ -43,17 +43,55 @@ def load_classifier(path: str | os.PathLike, num_classes: int | None = None,
         raise UserError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises a zoo of types for damaged files
-        raise UserError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+    except Exception as exc:  # torch raises a zoo of types for damaged files, some with pages of advice
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable torch checkpoint ({first_line}); expected a genrobust classifier "
+                        f"checkpoint (made by train_classifier or adv_train)") from exc
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
-        raise UserError(f"{path}: not a genrobust classifier checkpoint")
+        raise UserError(f"{path}: holds {_describe(ckpt)}; expected a genrobust classifier checkpoint "
+                        f"(made by train_classifier or adv_train)")
     if num_classes is not None and ckpt["num_classes"] != num_classes:
-        raise UserError(f"{path}: made for {ckpt['num_classes']} classes; this dataset has {num_classes}")
+        raise UserError(f"{path}: made for {ckpt['num_classes']} classes; this dataset has {num_classes} "
+                        f"(datasets.<name>.num_classes)")
     state = ckpt["state_dict"]
-    model = build_classifier(ckpt["model"], ckpt["num_classes"], state["mean"].flatten().tolist(),
-                             state["std"].flatten().tolist())
     try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not fit the architecture it names ({ckpt['model']}): {exc}") from exc
+        model = build_classifier(ckpt["model"], ckpt["num_classes"], state["mean"].flatten().tolist(),
+                                 state["std"].flatten().tolist())
+    except (ValueError, KeyError) as exc:  # made by another version of genrobust, or edited
+        raise UserError(f"{path}: names an architecture this genrobust cannot build ({_spec(ckpt['model'])}): "
+                        f"{exc}") from exc
+    mismatch = _mismatch(model.state_dict(), state)
+    if mismatch:
+        raise UserError(f"{path}: weights do not fit the architecture it names ({_spec(ckpt['model'])}): {mismatch}")
+    model.load_state_dict(state)
     return model.to(device).eval(), ckpt
+
+
+def _describe(ckpt: Any) -> str:
+    if not isinstance(ckpt, dict):
+        return f"a {type(ckpt).__name__}"
+    if "kind" in ckpt or "format" in ckpt:
+        return f"a {ckpt.get('kind') or ckpt.get('format')!r} file"
+    return f"a plain state dict or dict of {len(ckpt)} entries (first: {next(iter(ckpt), None)!r})"
+
+
+def _spec(spec: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in spec.items())
+
+
+def _mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
+    """One line on how a state dict differs from a model's, or '' when it fits (load_state_dict's own
+    message runs over many lines)."""
+    missing = [key for key in expected if key not in found]
+    extra = [key for key in found if key not in expected]
+    shapes = [key for key in expected if key in found and tuple(found[key].shape) != tuple(expected[key].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors missing (first {missing[0]!r})")
+    if extra:
+        parts.append(f"{len(extra)} unexpected (first {extra[0]!r})")
+    if shapes:
+        key = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (first {key!r}: {tuple(found[key].shape)}, "
+                     f"expected {tuple(expected[key].shape)})")
+    return "; ".join(parts)
