@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 CORES ?= all
 
-.PHONY: install demo test lint share pull
+.PHONY: install demo test lint share pull grids report
 
 $(VENV)/.installed: pyproject.toml envs/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ test: install
 
 lint: install
 	snakemake --lint
+
+# After editing grids or pipeline.grids in params.yaml: the cell list that dvc.yaml's grid stages iterate over.
+grids: install
+	python -m genrobust grid_cells --out workflow/grid_cells.yaml
+
+# The summary table, figures and scaling fit of every result under results/ (Snakemake: results/summary.csv).
+report: install
+	python -m genrobust report --results results --summary-csv results/summary.csv --summary-md results/summary.md \
+		--scaling results/scaling.json --plots results/plots
 
 # Sharing through DVC (README, "Sharing and scaling"); needs an installed .venv. TARGETS: what Snakemake built.
 TARGETS ?= results/digits_linf.json

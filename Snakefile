@@ -14,6 +14,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/grids.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -24,3 +26,4 @@ rule all:
             dataset=PARAMS["pipeline"]["datasets"],
             threat=PARAMS["pipeline"]["threats"],
         ),
+        "results/summary.csv",

@@ -178,3 +178,59 @@ def test_profiles_plan_the_cifar10_dag(profile: str, tmp_path: Path) -> None:
         assert jobs["adv_train"][0]["shell"].startswith("torchrun --standalone --nproc_per_node=4 -m genrobust adv_train")
     else:
         assert "gpu=1" in adv and jobs["adv_train"][0]["shell"].startswith("python -m genrobust adv_train")
+
+
+def test_dvc_grid_cells_file_is_current_and_its_stages_match_snakemake(tmp_path: Path) -> None:
+    """workflow/grid_cells.yaml is what params.yaml gives, and each cell's DVC command is Snakemake's."""
+    from dvc.repo import Repo
+
+    from genrobust import config, grids
+
+    committed = yaml.safe_load((ROOT / "workflow" / "grid_cells.yaml").read_text())
+    assert committed == grids.dvc_cells(config.load_params(ROOT / "params.yaml")), "run `make grids`"
+
+    project = copy_project(tmp_path / "p")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["pipeline"]["grids"] = ["gowal_smoke", "sehwag_smoke"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["python", "-m", "genrobust", "grid_cells", "--out", "workflow/grid_cells.yaml"], project)
+    run(["git", "init", "-q"], project)
+    jobs = parse_dry_run(run(["snakemake", "-n", "-p", "--forceall", "--cores", "1", "grid_gowal_smoke",
+                              "grid_sehwag_smoke"], project).stdout)
+    by_output = {job["output"][0]: job for rule in ("adv_train_cell", "evaluate_cell") for job in jobs[rule]}
+    stages = [s for s in Repo(str(project)).index.stages if s.name.split("@")[0] in ("adv_train_cell", "evaluate_cell")]
+    assert len(stages) == len(by_output) == 6 + 7      # 6 distinct cells; results: gowal 3 + sehwag 4
+    for stage in stages:
+        job = by_output[str(stage.outs[0].def_path)]
+        assert re.sub(r"\s+>.*$", "", job["shell"]).strip() == stage.cmd, stage.name
+
+
+@pytest.mark.e2e
+def test_a_smoke_grid_shares_upstream_work_and_the_report_lists_every_cell(snakemake_project: Path) -> None:
+    """Last in this module: it changes the shared project's params (cheaper cells) and adds grid outputs."""
+    from PIL import Image
+
+    project = snakemake_project
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["pipeline"]["grids"] = ["sehwag_smoke"]
+    params["presets"]["smoke"]["adv_train"]["images_seen"] = 1280
+    params["presets"]["smoke"]["evaluate"].update(n_examples=32, version="custom", attacks=["apgd-ce"])
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    plan = run(["snakemake", "-n", "--cores", "2", "grid_sehwag_smoke"], project).stdout
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, re.MULTILINE))
+    # One diffusion model and one set of shards (already built by the main run) serve all four cells.
+    assert counts == {"adv_train_cell": "4", "evaluate_cell": "4", "grid_sehwag_smoke": "1", "total": "9"}, plan
+    run(["snakemake", "--cores", "2", "grid_sehwag_smoke"], project)
+    # The main result is older than the params edit but newer than its inputs: mtime says keep it.
+    run(["snakemake", "--cores", "2", "results/summary.csv", "--rerun-triggers", "mtime"], project)
+    summary = (project / "results/summary.csv").read_text()
+    for cell in ("digits_linf_none_0_silu", "digits_linf_edm_60_silu", "digits_linf_edm_200_silu",
+                 "digits_linf_edm_600_silu", "digits_linf"):
+        assert f",{cell}," in summary, cell
+    with Image.open(project / "results/plots/robust_vs_generated.png") as image:
+        image.verify()
+    cell = json.loads((project / "results/grid/sehwag_smoke/digits_linf_edm_60_silu.json").read_text())
+    assert cell["num_generated"] == 60 and cell["attack"]["attacks"] == ["apgd-ce"]
+    run(["snakemake", "--cores", "1", "--report", "results/report.html", "results/summary.csv"], project)
+    html = (project / "results/report.html").read_text(errors="replace")
+    assert "robust_vs_generated.png" in html and "scaling.png" in html

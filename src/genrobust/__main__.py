@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import config, distributed
+from . import config
 from .errors import UserError
 
 
@@ -93,21 +93,48 @@ def _pseudo_label(settings: dict, args: argparse.Namespace) -> None:
         _path("--labels", "pseudo-labels npz of those shards", required=False),
         _path("--out", "checkpoint to write: the best by held-out PGD accuracy (the last without validation)"),
         _path("--last", "checkpoint of the last epoch to write"),
-        _path("--metrics", "per-epoch metrics TSV to write (dvc plots draws it)"), WORK)
+        _path("--metrics", "per-epoch metrics TSV to write (dvc plots draws it)"), WORK,
+        ("--num-generated", {"type": int, "help": "use only the first N kept generated images (a grid cell)"}),
+        ("--activation", {"choices": ["relu", "silu", "gelu", "softplus"],
+                          "help": "override adv_train.model.activation (a grid cell)"}))
 def _adv_train(settings: dict, args: argparse.Namespace) -> None:
     from .training.adversarial import Outputs, adv_train
     if (args.shards is None) != (args.labels is None):
         raise UserError("adv_train: give both --shards and --labels, or neither (no generated data)")
+    if args.num_generated is not None and args.shards is None:
+        raise UserError("adv_train: --num-generated needs --shards and --labels")
+    if args.activation:
+        settings["adv_train"]["model"] = dict(settings["adv_train"]["model"], activation=args.activation)
     adv_train(settings, args.threat, args.train, Outputs(args.out, args.last, args.metrics), args.work,
-              args.shards, args.labels)
+              args.shards, args.labels, args.num_generated)
 
 
 @_stage("evaluate", "AutoAttack on the test set; writes the result JSON", DATASET, THREAT,
         _path("--checkpoint", "classifier checkpoint (any genrobust checkpoint, in the DAG or not)"),
-        _path("--test", "test npz"), _path("--out", "result JSON to write"))
+        _path("--test", "test npz"), _path("--out", "result JSON to write"),
+        _path("--dvc-lock", "refuse the checkpoint unless its md5 is the one this dvc.lock records for it "
+                            "(after `dvc pull`: score exactly the shared model)", required=False),
+        _path("--model-info", "RobustBench model-info JSON to write (default: beside --out, .model_info.json)",
+              required=False))
 def _evaluate(settings: dict, args: argparse.Namespace) -> None:
     from .evaluation.evaluate import evaluate
-    evaluate(settings, args.threat, args.checkpoint, args.test, args.out)
+    evaluate(settings, args.threat, args.checkpoint, args.test, args.out, args.dvc_lock, args.model_info)
+
+
+@_stage("report", "summary table, plots and scaling fit of every result JSON found",
+        _path("--results", "results directory to scan (results/*_*.json and results/grid/*/*.json)"),
+        _path("--summary-csv", "CSV to write"), _path("--summary-md", "Markdown table to write"),
+        _path("--scaling", "scaling-fit JSON to write"), _path("--plots", "directory for the PNG figures"))
+def _report(settings: dict, args: argparse.Namespace) -> None:
+    from .report.report import report
+    report(args.results, args.summary_csv, args.summary_md, args.scaling, args.plots)
+
+
+@_stage("grid_cells", "write the cells of pipeline.grids for dvc.yaml's grid stages (make grids)",
+        _path("--out", "YAML file to write (dvc.yaml reads workflow/grid_cells.yaml)"))
+def _grid_cells(params: dict, args: argparse.Namespace) -> None:
+    from .grids import write_dvc_cells
+    write_dvc_cells(params, args.out)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -126,9 +153,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from . import distributed  # imports torch: not needed for --help or a usage error
     try:
         params = config.load_params(args.params, args.overrides)
-        settings = config.resolve(params, args.dataset, str(args.params))
+        settings = config.resolve(params, args.dataset, str(args.params)) if hasattr(args, "dataset") else params
         distributed.start()
         STAGES[args.stage][2](settings, args)
     except UserError as exc:

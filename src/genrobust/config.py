@@ -50,7 +50,7 @@ def _key(path: Iterable[Any]) -> str:
     return ".".join(str(part) for part in path) or "(top level)"
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def describe_error(error: jsonschema.ValidationError) -> str:
     """One line naming the key, the bad value and what is allowed."""
     key = _key(error.absolute_path)
     if error.validator == "additionalProperties":
@@ -78,7 +78,7 @@ def validate(params: Mapping[str, Any], source: str = "params.yaml") -> dict[str
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
-        raise UserError(f"{source}: {_describe(jsonschema.exceptions.best_match(errors))}")
+        raise UserError(f"{source}: {describe_error(jsonschema.exceptions.best_match(errors))}")
     for name in params["pipeline"]["datasets"]:
         if name not in params["datasets"]:
             raise UserError(f"{source}: pipeline.datasets names {name!r}, which is not declared under datasets "
@@ -89,6 +89,14 @@ def validate(params: Mapping[str, Any], source: str = "params.yaml") -> dict[str
                         f"add {generator!r} there so that DVC trains that diffusion model")
     for name in params["datasets"]:
         resolve(params, name, source)
+    for grid, spec in params["grids"].items():
+        if spec["dataset"] not in params["datasets"]:
+            raise UserError(f"{source}: grids.{grid}.dataset = {spec['dataset']!r} is not declared under datasets "
+                            f"(declared: {', '.join(sorted(params['datasets']))})")
+    for grid in params["pipeline"]["grids"]:
+        if grid not in params["grids"]:
+            raise UserError(f"{source}: pipeline.grids names {grid!r}, which is not declared under grids "
+                            f"(declared: {', '.join(sorted(params['grids']))})")
     return params
 
 

@@ -12,6 +12,9 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
+import torch
+
+from . import distributed
 
 META_KEY = "meta"
 
@@ -23,12 +26,23 @@ class StageClock:
         self.stage = stage
         self.started = time.perf_counter()
         self.times: dict[str, float] = {}
+        self.gpus: dict[str, int] = {}
         for meta in upstream:
             self.times.update(meta.get("stage_wall_time_s", {}))
+            self.gpus.update(meta.get("stage_gpus", {}))
 
     def meta(self, **extra: Any) -> dict[str, Any]:
+        """Wall times and GPU counts (GPU-hours = seconds x GPUs / 3600; 0 GPUs for a CPU run)."""
         times = dict(self.times, **{self.stage: round(time.perf_counter() - self.started, 3)})
-        return {"stage": self.stage, "stage_wall_time_s": times, **extra}
+        gpus = dict(self.gpus, **{self.stage: distributed.world_size() if torch.cuda.is_available() else 0})
+        return {"stage": self.stage, "stage_wall_time_s": times, "stage_gpus": gpus, **extra}
+
+
+def gpu_hours(meta: Mapping[str, Any]) -> dict[str, float]:
+    """Per stage, from the wall times and GPU counts a StageClock recorded."""
+    gpus = meta.get("stage_gpus", {})
+    return {stage: round(seconds * gpus.get(stage, 0) / 3600, 6)
+            for stage, seconds in meta.get("stage_wall_time_s", {}).items()}
 
 
 def meta_array(meta: Mapping[str, Any]) -> np.ndarray:

@@ -6,6 +6,8 @@ import shlex
 import yaml
 
 from genrobust import config as params_config
+from genrobust import grids as grid_cells
+from genrobust.shards import shard_count
 
 # Validated with the same schema and loader as the CLI, so a bad value fails here, before any job.
 PARAMS = params_config.validate(config, "params.yaml (with --config overrides)")
@@ -23,6 +25,8 @@ wildcard_constraints:
     diffusion="edm|ddpm",
     generator="edm|ddpm|gaussian",
     shard=r"\d{5}",
+    grid="[a-z][a-z0-9_]*",
+    cell="[a-z][a-z0-9_]*",
 
 
 def settings(*sections):
@@ -36,11 +40,11 @@ def settings(*sections):
 
 
 def shard_files(directory):
-    """Every shard path of a generated set: the count follows from params, so no checkpoint rule is needed."""
+    """Every shard path of a generated set: the count follows from params (sample.num_images x
+    sample.oversample, as the stage computes it), so no checkpoint rule is needed."""
 
     def files(wildcards):
-        sample = params_config.resolve(PARAMS, wildcards.dataset)["sample"]
-        count = -(-sample["num_images"] // sample["shard_size"])
+        count = shard_count(params_config.resolve(PARAMS, wildcards.dataset)["sample"])
         return [f"{directory.format(**wildcards)}/shard-{index:05d}.npz" for index in range(count)]
 
     return files
@@ -65,3 +69,41 @@ def launcher(wildcards, resources):
     """`python`, or torchrun with one data-parallel process per GPU when a rule is given more than one."""
     gpus = int(getattr(resources, "gpu", 0) or 0)
     return f"torchrun --standalone --nproc_per_node={gpus}" if gpus > 1 else "python"
+
+
+# Grid cells (workflow/rules/grids.smk): looked up by name from their output paths.
+CELLS = grid_cells.all_cells(PARAMS)
+CELL_BY_NAME = {cell.name: cell for cell in CELLS.values()}
+
+
+def cell_of(wildcards):
+    try:
+        return CELL_BY_NAME[wildcards.cell]
+    except KeyError:
+        raise ValueError(f"no grid in params.yaml has a cell named {wildcards.cell!r}") from None
+
+
+def cell_inputs(wildcards):
+    cell = cell_of(wildcards)
+    inputs = {"train": f"data/{cell.dataset}/train.npz"}
+    paths = grid_cells.generated_paths(cell)
+    if paths:
+        inputs.update(manifest=f"{paths[0]}/manifest.json", labels=paths[1])
+    return inputs
+
+
+def cell_settings(section):
+    """A cell rule's settings for the params trigger (not its grid: a cell shared by grids is one job)."""
+
+    def resolve(wildcards):
+        cell = cell_of(wildcards)
+        described = {key: value for key, value in cell.as_dict().items() if key != "grid"}
+        resolved = params_config.resolve(PARAMS, cell.dataset)
+        return json.dumps({section: resolved[section], "dataset": resolved["dataset"], "cell": described,
+                           "threat": PARAMS["threats"][cell.threat]}, sort_keys=True)
+
+    return resolve
+
+
+def grid_results(grid):
+    return [f"results/grid/{grid}/{cell.name}.json" for (owner, _), cell in CELLS.items() if owner == grid]

@@ -4,6 +4,7 @@ rule evaluate:
         test="data/{dataset}/test.npz",
     output:
         result="results/{dataset}_{threat}.json",
+        info="results/{dataset}_{threat}.model_info.json",
     params:
         overrides=OVERRIDES,
         settings=settings("evaluate"),
@@ -20,4 +21,4 @@ rule evaluate:
         runtime=720,
     shell:
         "python -m genrobust evaluate --dataset {wildcards.dataset} --threat {wildcards.threat} --checkpoint {input.model} "
-        "--test {input.test} --out {output.result} {params.overrides} > {log} 2>&1"
+        "--test {input.test} --out {output.result} --model-info {output.info} {params.overrides} > {log} 2>&1"

@@ -9,7 +9,7 @@ rule train_classifier:
     params:
         launcher=launcher,
         overrides=OVERRIDES,
-        settings=settings("classifier"),
+        settings=settings("classifier", "dataset"),
         work="work/{dataset}/classifier",
     conda:
         "../../envs/genrobust.yaml"
@@ -64,7 +64,7 @@ rule adv_train:
     params:
         launcher=launcher,
         overrides=OVERRIDES,
-        settings=settings("adv_train"),
+        settings=settings("adv_train", "dataset"),
         generator=lambda w: PARAMS["generator"],
         generated=generated_args,
         work="work/{dataset}/adv/{threat}",

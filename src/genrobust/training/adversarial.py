@@ -13,7 +13,7 @@ from .. import distributed, io
 from ..errors import UserError
 from ..models.checkpoint import save_classifier
 from ..provenance import StageClock, read_meta
-from ..shards import ShardSet
+from ..shards import MANIFEST, ShardSet
 from .common import load_real, new_model, speed_options
 from .loop import Recipe, TrainingData, Validation, fit
 from .metrics import write_metrics
@@ -27,8 +27,14 @@ class Outputs:
     metrics: Path    # per-epoch TSV
 
 
-def load_generated(data: TrainingData, shard_dir: Path, labels_path: Path, num_classes: int) -> list[dict]:
-    """Attach the kept generated images and their pseudo-labels to `data`; return both files' provenance."""
+def load_generated(data: TrainingData, shard_dir: Path, labels_path: Path, num_classes: int,
+                   limit: int | None = None) -> list[dict]:
+    """Attach the kept generated images (the first `limit` of them) and their pseudo-labels to `data`.
+
+    Returns both files' provenance. `limit` is how grid cells share one generated set: a cell
+    over fewer images reads a prefix of it. Shards cycle through the classes, so the prefix is
+    balanced up to what selection dropped (exactly balanced with keep_fraction 1).
+    """
     shards = ShardSet.open(shard_dir)
     arrays = io.open_npz(labels_path)
     for key in ("label", "confidence", "keep"):
@@ -38,6 +44,11 @@ def load_generated(data: TrainingData, shard_dir: Path, labels_path: Path, num_c
         raise UserError(f"{labels_path}: labels {len(arrays['label'])} images, {shard_dir} holds {len(shards)}; "
                         "rerun pseudo_label")
     keep = np.flatnonzero(np.asarray(arrays["keep"]))
+    if limit is not None:
+        if limit > len(keep):
+            raise UserError(f"--num-generated {limit}: {labels_path} keeps only {len(keep)} generated images; "
+                            "raise sample.num_images (the grid's largest num_images must fit in the one set)")
+        keep = keep[:limit]
     labels = np.asarray(arrays["label"])[keep]
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise UserError(f"{labels_path}: labels outside [0, {num_classes - 1}]")
@@ -45,29 +56,29 @@ def load_generated(data: TrainingData, shard_dir: Path, labels_path: Path, num_c
     return [shards.manifest.get("meta", {}), read_meta(arrays)]
 
 
-def hold_out(images: np.ndarray, labels: np.ndarray, cfg: dict[str, Any],
-             train_path: Path) -> tuple[TrainingData, Validation | None]:
+def hold_out(images: np.ndarray, labels: np.ndarray, cfg: dict[str, Any], train_path: Path,
+             flip: bool) -> tuple[TrainingData, Validation | None]:
     """The first `validation.size` training images are held out, never trained on, to pick the best epoch."""
     spec = cfg["validation"]
     size = spec["size"]
     if size >= len(images):
         raise UserError(f"params.yaml: adv_train.validation.size = {size}: {train_path} has only {len(images)} "
                         "images; hold out fewer (0 turns validation off)")
-    data = TrainingData(images[size:], labels[size:])
+    data = TrainingData(images[size:], labels[size:], flip=flip)
     if not size:
         return data, None
     return data, Validation(images[:size], labels[:size], spec["every"], spec["attack_steps"])
 
 
 def adv_train(settings: dict[str, Any], threat: str, train_path: Path, outputs: Outputs, work_dir: Path,
-              shard_dir: Path | None = None, labels_path: Path | None = None) -> None:
+              shard_dir: Path | None = None, labels_path: Path | None = None, num_generated: int | None = None) -> None:
     cfg, num_classes, seed = settings["adv_train"], settings["dataset"]["num_classes"], settings["seed"]
     attack = settings["threats"][threat]
     images, labels = load_real(train_path, num_classes)
     upstream = [read_meta(io.open_npz(train_path))]
-    data, validation = hold_out(images, labels, cfg, train_path)
+    data, validation = hold_out(images, labels, cfg, train_path, settings["dataset"].get("flip", False))
     if shard_dir is not None:
-        upstream += load_generated(data, shard_dir, labels_path, num_classes)
+        upstream += load_generated(data, shard_dir, labels_path, num_classes, num_generated)
     clock = StageClock("adv_train", *upstream)
     n_generated = 0 if data.generated_index is None else len(data.generated_index)
     mixer = BatchMixer(len(data.real_images), n_generated, cfg["batch_size"], cfg["generated_fraction"], seed,
@@ -88,8 +99,11 @@ def adv_train(settings: dict[str, Any], threat: str, train_path: Path, outputs: 
     if not distributed.is_main():
         return
     meta = clock.meta(history=result.history, images_seen=recipe.total_steps * cfg["batch_size"], threat=threat,
-                      generator=settings["generator"] if shard_dir else "none", num_generated=n_generated,
-                      loss=cfg["loss"], best_epoch=result.best_epoch, held_out=cfg["validation"]["size"])
+                      generator=data.generated.manifest.get("generator", settings["generator"]) if n_generated
+                      else "none", num_generated=n_generated,
+                      loss=cfg["loss"], best_epoch=result.best_epoch, held_out=cfg["validation"]["size"],
+                      attack_steps=cfg["attack_steps"], train_sha256=io.sha256(train_path),
+                      generated_manifest_sha256=io.sha256(Path(shard_dir) / MANIFEST) if shard_dir else None)
     save_classifier(outputs.last, result.last, cfg["model"], num_classes, dict(meta, checkpoint="last"))
     save_classifier(outputs.model, result.best or result.last, cfg["model"], num_classes,
                     dict(meta, checkpoint="best" if result.best is not None else "last"))

@@ -72,6 +72,7 @@ class TrainingData:
     generated: ShardSet | None = None
     generated_index: np.ndarray | None = None     # mixer index -> global shard index (kept images only)
     generated_labels: np.ndarray | None = None    # pseudo-labels, aligned with generated_index
+    flip: bool = True                             # mirror real images at random (datasets.<name>.flip)
 
 
 @dataclass
@@ -130,7 +131,7 @@ def _batch(data: TrainingData, mixer: BatchMixer, step: int, seed: int,
            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     real_idx, gen_idx = mixer.batch(step)
     rng = np.random.default_rng([seed, 2, step])
-    parts = [to_tensor(crop_flip(data.real_images[real_idx], rng), device)] if len(real_idx) else []
+    parts = [to_tensor(crop_flip(data.real_images[real_idx], rng, flip=data.flip), device)] if len(real_idx) else []
     labels = [torch.from_numpy(data.real_labels[real_idx])] if len(real_idx) else []
     if len(gen_idx):
         images, _ = data.generated.take(data.generated_index[gen_idx])

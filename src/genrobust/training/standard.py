@@ -22,7 +22,7 @@ def train_classifier(settings: dict[str, Any], train_path: Path, model_out: Path
     recipe = Recipe(loss="ce", total_steps=cfg["epochs"] * mixer.steps_per_epoch(), lr=cfg["lr"], momentum=0.9,
                     nesterov=True, weight_decay=cfg["weight_decay"], warmup_fraction=0.025, ema_decay=None, seed=seed,
                     **speed_options(cfg))
-    result = fit(model, TrainingData(images, labels), mixer, recipe, work_dir)
+    result = fit(model, TrainingData(images, labels, flip=settings["dataset"].get("flip", False)), mixer, recipe, work_dir)
     if distributed.is_main():
         save_classifier(model_out, result.last, cfg["model"], num_classes,
                         clock.meta(history=result.history, images_seen=recipe.total_steps * cfg["batch_size"]))

@@ -1,0 +1,116 @@
+"""Experiment grids: the papers' ablation tables as sets of cells that share their upstream artifacts.
+
+A grid names a dataset and lists values for some axes (threat, generator, num_images,
+activation); its cells are the product. Every cell trains its own robust model, but all
+cells of a dataset read the same generated shards (the first `num_images` kept images of
+the dataset's one set per generator), so a grid over data volume costs one diffusion model
+and one sampling run, not one per cell. A cell without generated data (generator `none` or
+num_images 0) is the same experiment whatever the other generator says, so it is one cell.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from . import io
+from .errors import UserError
+
+AXES = ("threat", "generator", "num_images", "activation")
+
+
+@dataclass(frozen=True)
+class Cell:
+    grid: str
+    dataset: str
+    threat: str
+    generator: str
+    num_images: int
+    activation: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}_{self.threat}_{self.generator}_{self.num_images}_{self.activation}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), name=self.name)
+
+
+def _defaults(params: Mapping[str, Any], dataset: str) -> dict[str, list]:
+    """An axis a grid leaves out takes the value the main pipeline would use."""
+    from .config import resolve
+    settings = resolve(params, dataset)
+    return {"threat": [params["pipeline"]["threats"][0]], "generator": [params["generator"]],
+            "num_images": [settings["sample"]["num_images"]],
+            "activation": [settings["adv_train"]["model"]["activation"]]}
+
+
+def cells(params: Mapping[str, Any], grid: str) -> list[Cell]:
+    """The grid's distinct cells, in the order its axes list them."""
+    if grid not in params["grids"]:
+        raise UserError(f"params.yaml: no grid {grid!r} under grids (declared: {', '.join(sorted(params['grids']))})")
+    spec = params["grids"][grid]
+    dataset = spec["dataset"]
+    if dataset not in params["datasets"]:
+        raise UserError(f"params.yaml: grids.{grid}.dataset = {dataset!r} is not declared under datasets")
+    axes = {**_defaults(params, dataset), **{axis: spec[axis] for axis in AXES if axis in spec}}
+    found: dict[str, Cell] = {}
+    for threat, generator, num_images, activation in itertools.product(*(axes[a] for a in AXES)):
+        if generator == "none" or num_images == 0:
+            generator, num_images = "none", 0
+        cell = Cell(grid, dataset, threat, generator, int(num_images), activation)
+        found.setdefault(cell.name, cell)
+    return list(found.values())
+
+
+def all_cells(params: Mapping[str, Any]) -> dict[tuple[str, str], Cell]:
+    """Every cell of every grid, by (grid, cell name): how the pipelines look a cell up from its path."""
+    return {(grid, cell.name): cell for grid in params["grids"] for cell in cells(params, grid)}
+
+
+def generated_paths(cell: Cell) -> tuple[str, str] | None:
+    """The shard directory and labels file a cell reads, or None for a cell without generated data."""
+    if cell.generator == "none":
+        return None
+    base = f"data/{cell.dataset}/generated/{cell.generator}"
+    return f"{base}/shards", f"{base}/labels.npz"
+
+
+def cell_args(cell: Cell) -> str:
+    """The cell's part of the adv_train command line: one function, so Snakemake and DVC run the same command."""
+    args = f"--dataset {cell.dataset} --threat {cell.threat} --activation {cell.activation}"
+    paths = generated_paths(cell)
+    if paths:
+        args += f" --shards {paths[0]} --labels {paths[1]} --num-generated {cell.num_images}"
+    return args
+
+
+def dvc_cells(params: Mapping[str, Any]) -> dict[str, Any]:
+    """What dvc.yaml's grid stages iterate over (DVC's templating cannot take a product of axes itself).
+
+    Only the grids of pipeline.grids, as `dvc repro` builds what the pipeline section names. A cell
+    without generated data lists train.npz (a dependency it has anyway) where the others list shards.
+    """
+    cells_by_name: dict[str, Any] = {}
+    results: dict[str, Any] = {}
+    for grid in params["pipeline"]["grids"]:
+        for cell in cells(params, grid):
+            shards, labels = generated_paths(cell) or (f"data/{cell.dataset}/train.npz",) * 2
+            cells_by_name[cell.name] = {key: value for key, value in cell.as_dict().items() if key != "grid"} | {
+                "args": cell_args(cell), "shards": shards, "labels": labels}
+            results[f"{grid}-{cell.name}"] = {"grid": grid, "cell": cell.name, "dataset": cell.dataset,
+                                              "threat": cell.threat}
+    return {"grid_cells": cells_by_name, "grid_results": results}
+
+
+DVC_CELLS_HEADER = ("# Generated from params.yaml (pipeline.grids, grids) by `make grids`; do not edit.\n"
+                    "# dvc.yaml's adv_train_cell and evaluate_cell stages iterate over it; a test checks it is current.\n")
+
+
+def write_dvc_cells(params: Mapping[str, Any], path: Path) -> None:
+    text = DVC_CELLS_HEADER + yaml.safe_dump(dvc_cells(params), sort_keys=True)
+    io.write_bytes(path, text.encode())

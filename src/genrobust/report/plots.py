@@ -1,0 +1,82 @@
+"""The report's figures, drawn with matplotlib's file-only backend (no display on a cluster node)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from .. import io  # noqa: E402
+
+FIGURES = ("robust_vs_generated.png", "clean_vs_robust.png", "training_curves.png", "scaling.png")
+
+
+def _save(figure: plt.Figure, path: Path) -> None:
+    with io.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def robust_vs_generated(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """One line per (grid, dataset, threat, generator): the Sehwag/Wang question, more generated data."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        lines.setdefault(f"{r['grid']}: {r['dataset']} {r['threat']} {r['generator']}", []).append(
+            (r["num_generated"], r["robust_accuracy"]))
+    for label, points in sorted(lines.items()):
+        points.sort()
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    axis.set_xscale("symlog", linthresh=100)
+    axis.set(xlabel="generated images used", ylabel="robust accuracy (AutoAttack)",
+             title="Robust accuracy against the amount of generated data")
+    axis.legend(fontsize=7)
+    _save(figure, path)
+
+
+def clean_vs_robust(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        axis.scatter(r["clean_accuracy"], r["robust_accuracy"])
+        axis.annotate(r["cell"], (r["clean_accuracy"], r["robust_accuracy"]), fontsize=6)
+    axis.set(xlabel="clean accuracy", ylabel="robust accuracy (AutoAttack)", title="Clean against robust accuracy")
+    _save(figure, path)
+
+
+def training_curves(records: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    """Held-out PGD accuracy per epoch (training loss where a run had no validation)."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, record in sorted(records.items()):
+        history = record.get("training", {}).get("history") or []
+        key = "val_robust_accuracy" if any("val_robust_accuracy" in h for h in history) else "loss"
+        points = [(h["images_seen"], h[key]) for h in history if key in h]
+        if points:
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=f"{Path(name).stem} ({key})")
+    axis.set(xlabel="images seen", ylabel="held-out PGD accuracy / loss", title="Adversarial training, per epoch")
+    if axis.lines:
+        axis.legend(fontsize=6)
+    _save(figure, path)
+
+
+def scaling(fits: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, name in zip(axes, ("data", "compute")):
+        for group, by_axis in sorted(fits.items()):
+            fit = by_axis[name]
+            points = [p for p in fit["points"] if p[0] > 0]
+            if not points:
+                continue
+            dots = axis.scatter([p[0] for p in points], [p[1] for p in points], label=group)
+            if fit["status"] == "ok":
+                axis.plot([p[0] for p in fit["curve"]], [p[1] for p in fit["curve"]], color=dots.get_facecolor()[0],
+                          label=f"{group}: a={fit['params']['a']:.3f}, c={fit['params']['c']:.2f}")
+        axis.set_xscale("log")
+        axis.set(xlabel=next(iter(fits.values()))[name]["x"] if fits else name, ylabel="robust accuracy",
+                 title=f"Scaling with {name}: a - b x^-c")
+        if axis.collections:
+            axis.legend(fontsize=6)
+    _save(figure, path)

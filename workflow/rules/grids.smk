@@ -1,0 +1,68 @@
+# Experiment grids: every cell is an adv_train + evaluate pair reading the dataset's shared upstream
+# artifacts (train/test data, diffusion model, generated shards, pseudo-labels). Models sit under
+# models/cells/{cell}/, so a cell that appears in two grids is trained once.
+rule adv_train_cell:
+    input:
+        unpack(cell_inputs),
+    output:
+        model="models/cells/{cell}/model.pt",
+        last="models/cells/{cell}/last.pt",
+        metrics="models/cells/{cell}/metrics.tsv",
+    params:
+        launcher=launcher,
+        overrides=OVERRIDES,
+        settings=cell_settings("adv_train"),
+        args=lambda w: grid_cells.cell_args(cell_of(w)),
+        work="work/cells/{cell}",
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/cells/{cell}/adv_train.log",
+    benchmark:
+        "benchmarks/cells/{cell}/adv_train.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=2880,
+    shell:
+        "{params.launcher} -m genrobust adv_train {params.args} --train {input.train} --out {output.model} "
+        "--last {output.last} --metrics {output.metrics} --work {params.work} {params.overrides} > {log} 2>&1"
+
+
+rule evaluate_cell:
+    input:
+        model="models/cells/{cell}/model.pt",
+        test=lambda w: f"data/{cell_of(w).dataset}/test.npz",
+    output:
+        result="results/grid/{grid}/{cell}.json",
+        info="results/grid/{grid}/{cell}.model_info.json",
+    params:
+        overrides=OVERRIDES,
+        settings=cell_settings("evaluate"),
+        dataset=lambda w: cell_of(w).dataset,
+        threat=lambda w: cell_of(w).threat,
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/grid/{grid}/{cell}/evaluate.log",
+    benchmark:
+        "benchmarks/grid/{grid}/{cell}/evaluate.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
+    shell:
+        "python -m genrobust evaluate --dataset {params.dataset} --threat {params.threat} --checkpoint {input.model} "
+        "--test {input.test} --out {output.result} --model-info {output.info} {params.overrides} > {log} 2>&1"
+
+
+for _grid in PARAMS["grids"]:
+
+    rule:
+        name:
+            f"grid_{_grid}"
+        input:
+            grid_results(_grid),
+        localrule: True
