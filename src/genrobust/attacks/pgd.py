@@ -61,6 +61,14 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: floa
 
 
 @torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """In batches, so that a full test set never has to fit on the device at once."""
+    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
+                  for i in range(0, len(x), batch_size))
+    return correct / len(x) if len(x) else 0.0
+
+
+@torch.no_grad()
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step_size: float,
                     steps: int, batch_size: int = 256) -> float:
     """PGD accuracy of a model in eval mode, batched."""

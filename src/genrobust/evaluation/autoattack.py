@@ -15,6 +15,7 @@ import torch
 from pyautoattack import AutoAttack
 from torch import nn
 
+from ..attacks.pgd import accuracy
 from ..errors import UserError
 
 _AFTER = re.compile(r"robust accuracy after (\S+): ([\d.]+)%")
@@ -56,19 +57,11 @@ class _CheckedLogits(nn.Module):
         return logits
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """In batches, so that a full test set never has to fit on the device at once."""
-    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                  for i in range(0, len(x), batch_size))
-    return correct / len(x) if len(x) else 0.0
-
-
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, version: str,
                    attacks: list[str] | None, batch_size: int, seed: int, source: str = "the model") -> AttackResult:
     """`source` names the model in errors (its checkpoint file)."""
     checked = _CheckedLogits(model, source).eval()
-    clean = _accuracy(checked, x, y, batch_size)
+    clean = accuracy(checked, x, y, batch_size)
     adversary = AutoAttack(checked, norm=norm, eps=eps, version=version, seed=seed, device=x.device,
                            attacks=attacks if version == "custom" else None)
     num_classes = int(checked(x[:1]).shape[1])
@@ -85,7 +78,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
-    robust = _accuracy(checked, x_adv, y, batch_size)
+    robust = accuracy(checked, x_adv, y, batch_size)
     ran = list(adversary.attacks_to_run)
     # The package logs percentages to two decimals: snap them back to whole points. Attacks skipped
     # because no robust point was left leave the accuracy where it was.

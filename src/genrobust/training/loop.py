@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import distributed, io
-from ..attacks.pgd import robust_accuracy
+from ..attacks.pgd import accuracy, robust_accuracy
 from ..errors import UserError
 from ..shards import ShardSet
 from .augment import crop_flip
@@ -88,9 +88,7 @@ class Validation:
     def measure(self, model: nn.Module, recipe: Recipe) -> dict[str, float]:
         device = next(model.parameters()).device
         x, y = to_tensor(self.images, device), torch.from_numpy(self.labels).to(device)
-        with torch.no_grad():
-            clean = sum(int((model(x[i:i + self.batch_size]).argmax(1) == y[i:i + self.batch_size]).sum())
-                        for i in range(0, len(x), self.batch_size)) / len(x)
+        clean = accuracy(model, x, y, self.batch_size)
         torch.manual_seed(recipe.seed)      # the same random starts at every validation
         robust = robust_accuracy(model, x, y, recipe.norm, recipe.eps, recipe.step_size, self.attack_steps,
                                  self.batch_size)
