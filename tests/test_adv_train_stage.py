@@ -19,7 +19,8 @@ from genrobust.training.mixing import BatchMixer
 
 from .conftest import ENV, ROOT, write_images
 
-SHORT = ["presets.smoke.adv_train.images_seen=1920", "presets.smoke.adv_train.epoch_images=384",
+SHORT = ["presets.smoke.adv_train.epochs=5", "presets.smoke.adv_train.epoch_images=384",
+         "presets.smoke.adv_train.validation.every=1",
          "presets.smoke.adv_train.validation.size=40", "presets.smoke.adv_train.validation.attack_steps=3"]
 
 

@@ -200,7 +200,7 @@ def test_oversampling_generates_that_many_times_the_images(tmp_path, settings, t
     settings["sample"].update(num_images=10, oversample=3)
     sample_diffusion(settings, "edm", model, tmp_path / "gen")
     generated = shards.ShardSet.open(tmp_path / "gen")
-    assert len(generated) == 30 and len(generated.manifest["shards"]) == shards.shard_count(settings["sample"]) == 4
+    assert len(generated) == 30 and len(generated.manifest["shards"]) == shards.shard_count(settings["sample"], "edm") == 4
     assert np.bincount(np.concatenate(generated.labels)).tolist() == [3] * 10
 
 

@@ -193,7 +193,7 @@ SHORT = {                       # presets.smoke, cut so that every stage takes s
     "diffusion": {"steps": 12, "checkpoint_every": 4, "grid_every": 0},
     "sample": {"num_images": 40, "shard_size": 20},
     "classifier": {"epochs": 2},
-    "adv_train": {"images_seen": 512, "epoch_images": 256, "validation": {"size": 40, "every": 1, "attack_steps": 3}},
+    "adv_train": {"epochs": 2, "epoch_images": 256, "validation": {"size": 40, "every": 1, "attack_steps": 3}},
     "evaluate": {"n_examples": 8},
 }
 SHARDS = "data/digits/generated/edm/shards"

@@ -58,7 +58,7 @@ def test_snakemake_runs_the_whole_dag_on_digits(snakemake_project: Path) -> None
     assert 0.1 < result["robust_accuracy"] < result["clean_accuracy"]
     assert min(result["per_attack_accuracy"].values()) == pytest.approx(result["robust_accuracy"])
     metrics = (snakemake_project / "models/digits/adv/linf/metrics.tsv").read_text().splitlines()
-    assert len(metrics) == 1 + 5 and "val_robust_accuracy" in metrics[0]     # 12800 images, epochs of 2560
+    assert len(metrics) == 1 + 10 and "val_robust_accuracy" in metrics[0]    # 10 epochs of 1280 images
     again = run(["snakemake", "--cores", "2", TARGET], snakemake_project)
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -70,7 +70,7 @@ def test_dvc_repro_makes_the_same_files(snakemake_project: Path, tmp_path: Path)
     params = yaml.safe_load((project / "params.yaml").read_text())
     smoke = params["presets"]["smoke"]
     smoke["diffusion"].update(steps=20, checkpoint_every=10)
-    smoke["adv_train"]["images_seen"] = 1280
+    smoke["adv_train"]["epochs"] = 1
     smoke["evaluate"]["n_examples"] = 8
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], project)
@@ -216,7 +216,7 @@ def test_a_smoke_grid_shares_upstream_work_and_the_report_lists_every_cell(snake
     project = snakemake_project
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["pipeline"]["grids"] = ["sehwag_smoke"]
-    params["presets"]["smoke"]["adv_train"]["images_seen"] = 1280
+    params["presets"]["smoke"]["adv_train"]["epochs"] = 1
     params["presets"]["smoke"]["evaluate"].update(n_examples=32, version="custom", attacks=["apgd-ce"])
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     plan = run(["snakemake", "-n", "--cores", "2", "grid_sehwag_smoke"], project).stdout

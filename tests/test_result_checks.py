@@ -21,14 +21,14 @@ from genrobust.training.mixing import BatchMixer
 
 
 class Quantised(nn.Module):
-    """Rounds its input to 5 grey levels: gradients vanish, so PGD fails without the model being robust."""
+    """Rounds its input to black and white: gradients vanish, so PGD fails without the model being robust."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(torch.round(x * 4) / 4)
+        return self.model(torch.round(x))
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,10 @@ def test_sanity_checks_fire_on_a_gradient_masked_model_only(digits_model, masked
     attack = run_autoattack(model, x, y, "Linf", 8 / 255, "custom", ["apgd-ce"], 64, 0)
     sanity = sanity_checks(model, x, y, "Linf", 8 / 255, attack.clean_accuracy, attack.robust_accuracy, 64, 0)
     failed = {name for name, check in sanity["checks"].items() if not check["passed"]}
-    if masked:     # measured: PGD-20 0.84 at eps and 0.86 at 2 eps, AutoAttack 0.81 of clean 0.86
+    if masked:     # PGD cannot move the rounded input: no fall at 2 eps, AutoAttack close to clean
         assert {"pgd_falls_when_eps_doubles", "robust_plausibly_below_clean"} <= failed, sanity
         assert len(sanity["warnings"]) == len(failed)
-    else:          # measured: clean 0.84, PGD-20 0.19 at eps and 0.0 at 2 eps, AutoAttack 0.19
+    else:          # an honest model: PGD falls at 2 eps, AutoAttack well below clean
         assert not failed and sanity["warnings"] == [], sanity
 
 

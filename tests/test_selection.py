@@ -70,7 +70,7 @@ def _write_shards(directory: Path, count: int, shard_size: int, seed: int = 0) -
         batch = np.clip(labels[:, None, None, None] * 20 + rng.integers(0, 80, (stop - start, 32, 32, 3)), 0, 255)
         images.append(batch.astype(np.uint8))
         shards.write_shard(directory, index, images[-1], labels, {"shard": index})
-    shards.write_manifest(directory, bounds, 10, StageClock("sample_gaussian"), generator="gaussian")
+    shards.write_manifest(directory, bounds, 10, StageClock("sample_diffusion"), generator="edm")
     return np.concatenate(images)
 
 
@@ -131,3 +131,12 @@ def test_conditioning_mode_refuses_unconditional_images(tmp_path, classifier, di
     settings["pseudo_label"]["mode"] = "conditioning"
     with pytest.raises(UserError, match=f"{directory}: holds unconditional images"):
         pseudo_label(settings, classifier, directory, tmp_path / "labels.npz")
+
+
+def test_only_small_diffusion_sets_are_oversampled_and_filtered() -> None:
+    """Wang et al.: the 1M set is the top 20% of 5M; 20M and 50M are taken as generated; Gaussian noise never filtered."""
+    sample = {"num_images": 1_000_000, "oversample": 5, "filter_up_to": 1_000_000, "shard_size": 100_000}
+    assert shards.generated_count(sample, "edm") == 5_000_000 and shards.filtered(sample, "ddpm")
+    assert shards.generated_count(sample, "gaussian") == 1_000_000 and not shards.filtered(sample, "gaussian")
+    big = dict(sample, num_images=20_000_000)
+    assert shards.generated_count(big, "edm") == 20_000_000 and shards.shard_count(big, "edm") == 200

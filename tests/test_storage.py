@@ -172,15 +172,15 @@ def test_fill_removes_what_a_killed_writer_left_and_counts_oversampled_images(tm
     leftovers = [tmp_path / ".shard-00001.npz.k1ll3d.tmp", tmp_path / ".manifest.json.k1ll3d.tmp"]
     for path in leftovers:
         path.write_bytes(b"half a file")
-    sample = {"num_images": 20, "oversample": 3, "shard_size": 25}
+    sample = {"num_images": 20, "oversample": 3, "filter_up_to": 20, "shard_size": 25}
     made = []
 
     def make(labels: np.ndarray, seed: int) -> np.ndarray:
         made.append(len(labels))
         return np.zeros((len(labels), 32, 32, 3), np.uint8)
 
-    shards.fill(tmp_path, shards.generated_count(sample), sample["shard_size"], 10, 0, None, {}, make, StageClock("t"))
-    assert made == [25, 25, 10] and shards.shard_count(sample) == 3
+    shards.fill(tmp_path, shards.generated_count(sample, "edm"), sample["shard_size"], 10, 0, None, {}, make, StageClock("t"))
+    assert made == [25, 25, 10] and shards.shard_count(sample, "edm") == 3
     assert not any(path.exists() for path in leftovers)
     names = sorted(path.name for path in tmp_path.iterdir())
     assert names == [shards.MANIFEST] + [shards.shard_name(k) for k in range(3)]

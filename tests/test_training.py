@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrobust.attacks.pgd import pgd, project
-from genrobust.training.ema import EMA, refresh_batchnorm
+from genrobust.training.ema import EMA
 from genrobust.training.losses import pgd_at_loss, trades_loss
-from genrobust.training.loop import Recipe, TrainingData, Validation, fit, lr_at
+from genrobust.training.loop import Recipe, TrainingData, Validation, fit
 from genrobust.training.mixing import BatchMixer
 
 
@@ -59,16 +59,18 @@ def test_losses_match_hand_computation_at_zero_radius() -> None:
     model = _linear_model()
     x, y = torch.rand(8, 3, 2, 2), torch.randint(0, 3, (8,))
     expected = F.cross_entropy(model(x), y, label_smoothing=0.1)
-    trades = trades_loss(model, x, y, "Linf", 0.0, 0.01, 3, beta=5.0, label_smoothing=0.1)
-    assert torch.allclose(trades, expected, atol=1e-6)
-    assert torch.allclose(pgd_at_loss(model, x, y, "Linf", 0.0, 0.01, 3, label_smoothing=0.1), expected, atol=1e-6)
+    for trades_attack in ("batch", "eval"):
+        trades = trades_loss(model, x, y, "Linf", 0.0, 0.01, 3, beta=5.0, label_smoothing=0.1,
+                             trades_attack=trades_attack)
+        assert torch.allclose(trades, expected, atol=1e-6)
+    assert torch.allclose(pgd_at_loss(model, x, y, "Linf", 0.0, 0.01, 3), F.cross_entropy(model(x), y), atol=1e-6)
 
 
 def test_trades_kl_term_by_hand() -> None:
     model = _linear_model()
     x, y = torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,))
     torch.manual_seed(5)
-    loss = trades_loss(model, x, y, "Linf", 0.1, 0.05, 2, beta=2.0)
+    loss = trades_loss(model, x, y, "Linf", 0.1, 0.05, 2, beta=2.0, trades_attack="eval")
     torch.manual_seed(5)
     with torch.no_grad():
         clean = F.softmax(model(x), 1)
@@ -83,28 +85,24 @@ def test_trades_kl_term_by_hand() -> None:
     assert torch.allclose(loss, by_hand, atol=1e-5)
 
 
-def test_ema_warm_up_and_batchnorm_refresh() -> None:
+def test_ema_copies_during_warm_up_then_decays_and_copies_batchnorm_buffers() -> None:
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    ema = EMA(model, decay=0.995)
-    assert [round(ema.current_decay(), 4) for _ in range(1)] == [0.1]
+    ema = EMA(model, decay=0.995, warmup_steps=2.5)
+    assert [ema.decay_at(t) for t in (1, 2)] == [0.0, 0.0]          # the reference's factor int(step >= warmup)
+    assert ema.decay_at(3) == pytest.approx(1.5 / 10.5) and ema.decay_at(10_000) == 0.995
     with torch.no_grad():
         model[0].weight.fill_(1.0)
+        model[1].running_mean.fill_(3.0)
+    ema.update(model)
+    assert torch.equal(ema.model[0].weight, model[0].weight) and torch.equal(ema.model[1].running_mean,
+                                                                              model[1].running_mean)
+    ema.updates = 2
     before = ema.model[0].weight.clone()
-    ema.update(model)          # decay (1+0)/(10+0) = 0.1: mostly the new weights
-    assert torch.allclose(ema.model[0].weight, 0.1 * before + 0.9 * torch.ones(2, 2))
-    ema.updates = 10_000
-    assert ema.current_decay() == 0.995
-    batches = [torch.randn(64, 2) * 3 + 5 for _ in range(4)]
-    refresh_batchnorm(ema.model, batches)
-    features = ema.model[0](torch.cat(batches))
-    assert torch.allclose(ema.model[1].running_mean, features.mean(0), atol=1e-4)
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+    ema.update(model)                                             # update 3: decay 1.5 / 10.5
+    assert torch.allclose(ema.model[0].weight, before * (1.5 / 10.5) + 2.0 * (9 / 10.5))
     assert not ema.model.training
-
-
-def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
-    recipe = Recipe("ce", 100, 0.2, 0.9, True, 5e-4, 0.1, None, 0)
-    assert lr_at(0, recipe) == pytest.approx(0.02) and lr_at(9, recipe) == pytest.approx(0.2)
-    assert lr_at(99, recipe) < 1e-3 and max(lr_at(t, recipe) for t in range(100)) == pytest.approx(0.2)
 
 
 def test_killed_training_resumes_from_its_last_epoch(tmp_path) -> None:

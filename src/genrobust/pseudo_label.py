@@ -23,7 +23,7 @@ from .distributed import device
 from .errors import UserError
 from .models.checkpoint import load_classifier
 from .provenance import StageClock, meta_array
-from .shards import ShardSet
+from .shards import ShardSet, filtered
 from .training.loop import to_tensor
 
 
@@ -94,7 +94,9 @@ def pseudo_label(settings: dict[str, Any], classifier_path: Path, shard_dir: Pat
     model, ckpt = load_classifier(classifier_path, num_classes, device())
     clock = StageClock("pseudo_label", ckpt["meta"], shards.manifest.get("meta", {}))
     scores = score(model, shards, cfg["batch_size"], device())
-    chosen = select(scores, cfg["mode"], cfg["keep_fraction"], num_classes)
+    generator = shards.manifest.get("generator", settings["generator"])
+    keep_fraction = cfg["keep_fraction"] if filtered(settings["sample"], generator) else 1.0
+    chosen = select(scores, cfg["mode"], keep_fraction, num_classes)
     agreement = float((scores.conditioned == scores.predicted).mean()) if len(shards) else float("nan")
     kept = int(chosen.keep.sum())
     io.save_npz(labels_out, label=chosen.label, confidence=chosen.confidence, keep=chosen.keep,

@@ -27,16 +27,29 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.npz"
 
 
-def generated_count(sample: Mapping[str, Any]) -> int:
-    """Images a sampling stage makes: `oversample` x `num_images`, of which pseudo_label keeps a fraction.
+def filtered(sample: Mapping[str, Any], generator: str) -> bool:
+    """Whether a generated set is oversampled and filtered by pseudo_label.
+
+    Wang et al. do it only to build a diffusion model's smaller sets (their 1M: the top 20% of
+    5M); their 20M and 50M sets, like Gowal et al.'s Gaussian baseline, are used as generated.
+    """
+    return generator in ("edm", "ddpm") and sample["num_images"] <= sample["filter_up_to"]
+
+
+def oversample(sample: Mapping[str, Any], generator: str) -> int:
+    return sample["oversample"] if filtered(sample, generator) else 1
+
+
+def generated_count(sample: Mapping[str, Any], generator: str) -> int:
+    """Images a sampling stage makes, of which pseudo_label keeps a fraction when they were oversampled.
 
     The Snakemake rules count shards with this too, so the pipelines and the stages agree.
     """
-    return sample["num_images"] * sample["oversample"]
+    return sample["num_images"] * oversample(sample, generator)
 
 
-def shard_count(sample: Mapping[str, Any]) -> int:
-    return len(shard_bounds(generated_count(sample), sample["shard_size"]))
+def shard_count(sample: Mapping[str, Any], generator: str) -> int:
+    return len(shard_bounds(generated_count(sample, generator), sample["shard_size"]))
 
 
 def shard_bounds(num_images: int, shard_size: int) -> list[tuple[int, int]]:

@@ -39,12 +39,13 @@ def settings(*sections):
     return resolve
 
 
-def shard_files(directory):
-    """Every shard path of a generated set: the count follows from params (sample.num_images x
-    sample.oversample, as the stage computes it), so no checkpoint rule is needed."""
+def shard_files(directory, generator=None):
+    """Every shard path of a generated set: the count follows from params (sample.num_images, oversampled
+    for the generators and sizes shards.oversample says, as the stage computes it), so no checkpoint rule is needed."""
 
     def files(wildcards):
-        count = shard_count(params_config.resolve(PARAMS, wildcards.dataset)["sample"])
+        count = shard_count(params_config.resolve(PARAMS, wildcards.dataset)["sample"],
+                            generator or wildcards.diffusion)
         return [f"{directory.format(**wildcards)}/shard-{index:05d}.npz" for index in range(count)]
 
     return files

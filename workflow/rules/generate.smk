@@ -133,7 +133,7 @@ rule sample_gaussian_shard:
 rule sample_gaussian:
     input:
         fit="models/{dataset}/gaussian/fit.npz",
-        shards=shard_files("data/{dataset}/generated/gaussian/shards"),
+        shards=shard_files("data/{dataset}/generated/gaussian/shards", "gaussian"),
     output:
         manifest="data/{dataset}/generated/gaussian/shards/manifest.json",
     params:

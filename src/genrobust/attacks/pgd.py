@@ -16,15 +16,17 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
-    """Nearest point to x_adv that is within eps of x and inside the pixel box."""
-    delta = x_adv - x
+    """A point within eps of x and inside the pixel box.
+
+    Linf: the nearest one. L2: into the box first, then scaled back to the sphere, as the
+    reference implementations do (scaling towards x cannot leave the box, which holds x).
+    """
     if norm == "Linf":
-        delta = delta.clamp(-eps, eps)
-    elif norm == "L2":
-        delta = delta * (eps / _flat_norm(delta)).clamp(max=1.0)
-    else:
+        return (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
+    if norm != "L2":
         raise ValueError(f"unknown norm {norm!r}; expected Linf or L2")
-    return (x + delta).clamp(0.0, 1.0)
+    delta = x_adv.clamp(0.0, 1.0) - x
+    return x + delta * (eps / _flat_norm(delta)).clamp(max=1.0)
 
 
 def ascend(x_adv: torch.Tensor, grad: torch.Tensor, norm: str, step_size: float) -> torch.Tensor:
@@ -34,12 +36,10 @@ def ascend(x_adv: torch.Tensor, grad: torch.Tensor, norm: str, step_size: float)
 
 
 def random_start(x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
-    """Uniform in the Linf ball, or a random direction at a uniform radius in the L2 ball."""
+    """Uniform in the Linf ball; for L2, towards a uniformly random image, cut at eps (DM-Improves-AT's PGD)."""
     if norm == "Linf":
         return project(x + torch.empty_like(x).uniform_(-eps, eps), x, norm, eps)
-    noise = torch.randn_like(x)
-    radius = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) * eps
-    return project(x + noise / _flat_norm(noise) * radius, x, norm, eps)
+    return project(torch.rand_like(x), x, norm, eps)
 
 
 def maximise(loss_fn: LossFn, x: torch.Tensor, start: torch.Tensor, norm: str, eps: float, step_size: float,

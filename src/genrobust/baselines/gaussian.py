@@ -82,5 +82,5 @@ def sample_gaussian(settings: dict[str, Any], fit_path: Path, out_dir: Path, onl
                                            generator).reshape(-1, *io.IMAGE_SHAPE)
         return images
 
-    shards.fill(Path(out_dir), shards.generated_count(cfg), cfg["shard_size"], num_classes, settings["seed"], only,
+    shards.fill(Path(out_dir), shards.generated_count(cfg, "gaussian"), cfg["shard_size"], num_classes, settings["seed"], only,
                 identity, make, clock)

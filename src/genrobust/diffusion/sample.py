@@ -1,6 +1,6 @@
 """Stage sample_diffusion: class-balanced images from a trained model, written as shards.
 
-Shard k holds images [start, stop) of `shard_bounds(generated_count(sample), shard_size)` with labels
+Shard k holds images [start, stop) of `shard_bounds(generated_count(sample, generator), shard_size)` with labels
 `shard_labels(start, stop, K)`. Its noise comes only from a CPU `torch.Generator` seeded with
 `shard_seed(seed, k)`, and the batches within it are fixed by `sample.batch_size`, so a shard
 is a pure function of (weights, seed, k): shards can be made on many machines at once, and a
@@ -32,7 +32,7 @@ def sample_diffusion(settings: Mapping[str, Any], generator: str, model_path: Pa
     model, model_meta = load_model(Path(model_path), generator, num_classes, cfg["steps"], device)
     clock = StageClock("sample_diffusion", model_meta)
     identity = {"generator": generator, "seed": seed, "steps": cfg["steps"], "model_sha256": io.sha256(model_path)}
-    fill(Path(out_dir), generated_count(cfg), cfg["shard_size"], num_classes, seed, shards, identity,
+    fill(Path(out_dir), generated_count(cfg, generator), cfg["shard_size"], num_classes, seed, shards, identity,
          lambda labels, shard_seed: _generate(model, labels, shard_seed, cfg["batch_size"], device), clock)
 
 

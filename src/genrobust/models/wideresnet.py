@@ -7,6 +7,7 @@ into the leaderboard's architecture, so a checkpoint can be submitted as it is.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -69,8 +70,23 @@ class WideResNet(nn.Module):
         self.batchnorm = nn.BatchNorm2d(channels[3])
         self.relu = act()
         self.logits = nn.Linear(channels[3], num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """DeepMind's (and DM-Improves-AT's) initialisation: He-normal over fan-out, zero linear bias.
+
+        Applied in module order after PyTorch's own, so a given seed gives the reference's weights.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layer(self.init_conv((x - self.mean) / self.std))
         out = self.relu(self.batchnorm(out))
-        return self.logits(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.logits(F.avg_pool2d(out, out.shape[-2:]).flatten(1))   # the reference's pooling, to the last bit

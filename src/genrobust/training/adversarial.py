@@ -70,6 +70,19 @@ def hold_out(images: np.ndarray, labels: np.ndarray, cfg: dict[str, Any], train_
     return data, Validation(images[:size], labels[:size], spec["every"], spec["attack_steps"])
 
 
+def length_for(cfg: dict[str, Any], n_generated: int) -> dict[str, Any]:
+    """The training length, batch and mix of the `by_num_generated` entry for this much generated data.
+
+    Wang et al. train longer, on larger batches, with more generated data (their README and
+    tables); the entry with the largest `min_images` not above `n_generated` overrides the section.
+    """
+    chosen = [e for e in cfg.get("by_num_generated") or [] if e["min_images"] <= n_generated]
+    if not chosen:
+        return cfg
+    entry = max(chosen, key=lambda e: e["min_images"])
+    return {**cfg, **{k: v for k, v in entry.items() if k != "min_images"}}
+
+
 def adv_train(settings: dict[str, Any], threat: str, train_path: Path, outputs: Outputs, work_dir: Path,
               shard_dir: Path | None = None, labels_path: Path | None = None, num_generated: int | None = None) -> None:
     cfg, num_classes, seed = settings["adv_train"], settings["dataset"]["num_classes"], settings["seed"]
@@ -81,19 +94,21 @@ def adv_train(settings: dict[str, Any], threat: str, train_path: Path, outputs: 
         upstream += load_generated(data, shard_dir, labels_path, num_classes, num_generated)
     clock = StageClock("adv_train", *upstream)
     n_generated = 0 if data.generated_index is None else len(data.generated_index)
+    cfg = length_for(cfg, n_generated)
     mixer = BatchMixer(len(data.real_images), n_generated, cfg["batch_size"], cfg["generated_fraction"], seed,
                        replacement=cfg["generated_replacement"])
-    recipe = Recipe(loss=cfg["loss"], total_steps=math.ceil(cfg["images_seen"] / cfg["batch_size"]), lr=cfg["lr"],
+    epoch_steps = math.ceil((cfg["epoch_images"] or len(images)) / cfg["batch_size"])
+    recipe = Recipe(loss=cfg["loss"], total_steps=cfg["epochs"] * epoch_steps, lr=cfg["lr"],
                     momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"],
                     warmup_fraction=cfg["warmup_fraction"], ema_decay=cfg["ema_decay"], seed=seed,
                     norm=attack["norm"], eps=attack["eps"], step_size=attack["step_size"],
                     attack_steps=cfg["attack_steps"], beta=cfg["beta"], label_smoothing=cfg["label_smoothing"],
-                    epoch_steps=math.ceil(cfg["epoch_images"] / cfg["batch_size"]),
-                    accumulation_steps=cfg["accumulation_steps"], **speed_options(cfg))
-    print(f"adv_train: {recipe.total_steps} steps of {mixer.real_per_batch} real + {mixer.generated_per_batch} "
-          f"generated images ({len(data.real_images)} real and {n_generated} generated available, "
-          f"{0 if validation is None else len(validation.labels)} held out), {cfg['loss']} at {attack['norm']} "
-          f"eps={attack['eps']:.4g}", flush=True)
+                    epoch_steps=epoch_steps, accumulation_steps=cfg["accumulation_steps"], schedule=cfg["schedule"],
+                    bn_momentum=cfg["bn_momentum"], trades_attack=cfg["trades_attack"], **speed_options(cfg))
+    print(f"adv_train: {cfg['epochs']} epochs of {epoch_steps} steps of {mixer.real_per_batch} real + "
+          f"{mixer.generated_per_batch} generated images ({len(data.real_images)} real and {n_generated} generated "
+          f"available, {0 if validation is None else len(validation.labels)} held out), {cfg['loss']} at "
+          f"{attack['norm']} eps={attack['eps']:.4g}", flush=True)
     model = new_model(cfg["model"], num_classes, images, seed)
     result = fit(model, data, mixer, recipe, work_dir, validation=validation)
     if not distributed.is_main():

@@ -29,11 +29,12 @@ from tqdm import tqdm
 from .. import distributed, io
 from ..attacks.pgd import accuracy, robust_accuracy
 from ..errors import UserError
-from ..shards import ShardSet
-from .augment import crop_flip
-from .ema import EMA, refresh_batchnorm
+from .batches import TrainingData, make_batch, to_tensor
+from .batchnorm import set_momentum
+from .ema import EMA
 from .losses import pgd_at_loss, trades_loss
 from .mixing import BatchMixer
+from .schedule import cosine, one_cycle
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,10 @@ class Recipe:
     loss: str                       # ce | trades | pgd
     total_steps: int
     lr: float
-    momentum: float
+    momentum: float                 # the cosine schedule's; cosinew cycles it (0.95 -> 0.85 -> 0.95)
     nesterov: bool
     weight_decay: float
-    warmup_fraction: float
+    warmup_fraction: float          # of training: learning-rate warm-up, and the EMA's copy-only phase
     ema_decay: float | None
     seed: int
     norm: str = "Linf"
@@ -52,27 +53,24 @@ class Recipe:
     step_size: float = 0.0
     attack_steps: int = 0
     beta: float = 0.0
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0    # TRADES' natural term and plain CE training (PGD-AT takes plain CE)
     epoch_steps: int | None = None  # None: an epoch is one pass over the real images
     accumulation_steps: int = 1     # micro-batches per step, so one GPU can reproduce a large batch
     bf16: bool = False              # autocast to bfloat16 (GPU)
     channels_last: bool = False
     compile: bool = False
+    schedule: str = "cosine"        # cosine (per step) | cosinew (DM-Improves-AT: OneCycleLR per epoch)
+    bn_momentum: float | None = None  # batch-norm momentum after a first step at 1.0; None: PyTorch's 0.1 throughout
+    trades_attack: str = "batch"    # batch (DM-Improves-AT) | eval (Zhang et al.); see losses.py
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
-
-@dataclass
-class TrainingData:
-    """Real images in RAM (uint8, small); generated ones stay memory-mapped in their shards."""
-
-    real_images: np.ndarray
-    real_labels: np.ndarray
-    generated: ShardSet | None = None
-    generated_index: np.ndarray | None = None     # mixer index -> global shard index (kept images only)
-    generated_labels: np.ndarray | None = None    # pseudo-labels, aligned with generated_index
-    flip: bool = True                             # mirror real images at random (datasets.<name>.flip)
+    def lr_momentum(self, step: int, steps_per_epoch: int) -> tuple[float, float]:
+        if self.schedule == "cosinew":
+            return one_cycle(step // steps_per_epoch, math.ceil(self.total_steps / steps_per_epoch), self.lr,
+                             self.warmup_fraction)
+        return cosine(step, self.total_steps, self.lr, self.warmup_fraction), self.momentum
 
 
 @dataclass
@@ -103,39 +101,15 @@ class FitResult:
     best_epoch: int | None = None
 
 
-def lr_at(step: int, recipe: Recipe) -> float:
-    """One-cycle cosine: linear warm-up, then cosine decay to zero."""
-    warmup = max(1, round(recipe.warmup_fraction * recipe.total_steps))
-    if step < warmup:
-        return recipe.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, recipe.total_steps - warmup)
-    return 0.5 * recipe.lr * (1 + math.cos(math.pi * progress))
-
-
-def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2))).to(device).float().div_(255)
-
-
-def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """SGD with no weight decay on batch-norm parameters and biases (one-dimensional tensors)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """SGD with weight decay on everything but batch-norm parameters (the reference's `group_weight`)."""
+    norm_params = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                   for p in m.parameters(recurse=False)}
+    decay = [p for p in model.parameters() if id(p) not in norm_params]
+    no_decay = [p for p in model.parameters() if id(p) in norm_params]
     return torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},
                             {"params": no_decay, "weight_decay": 0.0}],
                            lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
-
-
-def _batch(data: TrainingData, mixer: BatchMixer, step: int, seed: int,
-           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    real_idx, gen_idx = mixer.batch(step)
-    rng = np.random.default_rng([seed, 2, step])
-    parts = [to_tensor(crop_flip(data.real_images[real_idx], rng, flip=data.flip), device)] if len(real_idx) else []
-    labels = [torch.from_numpy(data.real_labels[real_idx])] if len(real_idx) else []
-    if len(gen_idx):
-        images, _ = data.generated.take(data.generated_index[gen_idx])
-        parts.append(to_tensor(images, device))
-        labels.append(torch.from_numpy(data.generated_labels[gen_idx]))
-    return torch.cat(parts), torch.cat(labels).to(device)
 
 
 def _loss(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe) -> torch.Tensor:
@@ -143,10 +117,9 @@ def _loss(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor
         return F.cross_entropy(trained(x), y, label_smoothing=recipe.label_smoothing)
     if recipe.loss == "trades":
         return trades_loss(model, x, y, recipe.norm, recipe.eps, recipe.step_size, recipe.attack_steps,
-                           recipe.beta, recipe.label_smoothing, trained)
+                           recipe.beta, recipe.label_smoothing, trained, recipe.trades_attack)
     if recipe.loss == "pgd":
-        return pgd_at_loss(model, x, y, recipe.norm, recipe.eps, recipe.step_size, recipe.attack_steps,
-                           recipe.label_smoothing, trained)
+        return pgd_at_loss(model, x, y, recipe.norm, recipe.eps, recipe.step_size, recipe.attack_steps, trained)
     raise ValueError(f"unknown loss {recipe.loss!r}")
 
 
@@ -169,6 +142,22 @@ def _step(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor
             loss.backward()
         total += loss.item()
     return total
+
+
+def train_step(model: nn.Module, trained: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
+               x: torch.Tensor, y: torch.Tensor, step: int, recipe: Recipe, steps_per_epoch: int) -> float:
+    """One optimiser step (0-based `step`): schedule, batch-norm momentum, forward/backward, update, EMA."""
+    lr, momentum = recipe.lr_momentum(step, steps_per_epoch)
+    for group in optimizer.param_groups:
+        group["lr"], group["momentum"] = lr, momentum
+    if recipe.bn_momentum is not None:
+        set_momentum(model, 1.0 if step == 0 else recipe.bn_momentum)
+    optimizer.zero_grad(set_to_none=True)
+    loss = _step(model, trained, x, y, recipe)
+    optimizer.step()
+    if ema is not None:
+        ema.update(model)
+    return loss
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -196,8 +185,9 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
     # The attack (inside the loss) runs through `model`, the final forward through `trained`.
     attacked = torch.compile(model) if recipe.compile else model
     trained = torch.compile(trained) if recipe.compile else trained
-    optimizer = _optimizer(model, recipe)
-    ema = EMA(model, recipe.ema_decay) if recipe.ema_decay is not None else None
+    optimizer = make_optimizer(model, recipe)
+    ema = EMA(model, recipe.ema_decay, recipe.warmup_fraction * recipe.total_steps) \
+        if recipe.ema_decay is not None else None
     state_path = Path(work_dir) / "state.pt"
     step, history, best = 0, [], None
     main = distributed.is_main()
@@ -220,16 +210,10 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
     seen_loss, seen, started = 0.0, 0, time.perf_counter()
     model.train()
     while step < recipe.total_steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, recipe)
-        x, y = _batch(data, mixer, step, recipe.seed, device)
+        x, y = make_batch(data, mixer, step, recipe.seed, device)
         x, y = x[rank::world], y[rank::world]
         torch.manual_seed(int(np.random.SeedSequence([recipe.seed, 3, step, rank]).generate_state(1)[0]))
-        optimizer.zero_grad(set_to_none=True)
-        loss = _step(attacked, trained, x, y, recipe)
-        optimizer.step()
-        if ema is not None:
-            ema.update(model)
+        loss = train_step(attacked, trained, optimizer, ema, x, y, step, recipe, steps_per_epoch)
         step += 1
         seen_loss += loss * len(x)
         seen += len(x)
@@ -238,12 +222,9 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
                         refresh=False)
         if step % steps_per_epoch == 0 or step == recipe.total_steps:
             averaged = ema.model if ema is not None else model
-            if ema is not None:
-                refresh_batchnorm(ema.model, (_batch(data, mixer, s, recipe.seed + 1, device)[0]
-                                              for s in range(min(steps_per_epoch, 20))))
             epoch = math.ceil(step / steps_per_epoch)
             row = {"epoch": epoch, "step": step, "images_seen": step * mixer.batch_size,
-                   "loss": seen_loss / max(seen, 1), "lr": lr_at(step - 1, recipe),
+                   "loss": seen_loss / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
                    "images_per_s": seen * world / (time.perf_counter() - started)}
             if validation is not None and main and (epoch % validation.every == 0 or step == recipe.total_steps):
                 row |= validation.measure(averaged.eval(), recipe)

@@ -41,7 +41,7 @@ class BatchMixer:
     def generated_per_batch(self) -> int:
         if self.n_generated == 0:
             return 0
-        return self.batch_size - round((1 - self.generated_fraction) * self.batch_size)
+        return int(self.batch_size * self.generated_fraction)    # the reference's int(batch * unsup_fraction)
 
     @property
     def real_per_batch(self) -> int:
