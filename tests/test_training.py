@@ -188,3 +188,42 @@ def test_speed_options_follow_the_device(monkeypatch) -> None:
     monkeypatch.setattr(common, "device", lambda: torch.device("cuda"))
     assert common.speed_options(cfg) == {"bf16": True, "channels_last": True, "compile": False}
     assert common.speed_options(dict(cfg, precision="fp32", channels_last=False))["bf16"] is False
+
+
+def test_every_slice_of_a_batch_holds_the_batch_mix() -> None:
+    """Micro-batches and data-parallel shares must not be segregated by source (their batch statistics would differ)."""
+    from genrobust.training.batches import interleave
+    order = interleave(154, 358)                     # batch 512 at fraction 0.7
+    assert sorted(order.tolist()) == list(range(512))
+    for k in (2, 4, 8):
+        for piece in np.array_split(order, k):
+            generated = int((piece >= 154).sum())
+            assert abs(generated - 358 * len(piece) / 512) <= 1, (k, generated, len(piece))
+
+
+def test_generated_images_are_cropped_and_flipped_too(tmp_path) -> None:
+    from genrobust import shards
+    from genrobust.provenance import StageClock
+    from genrobust.training.batches import make_batch
+    images = np.zeros((16, 32, 32, 3), np.uint8)
+    images[:, :, :16] = 255                          # left half white: any shift or mirror shows
+    shards.write_shard(tmp_path, 0, images, np.arange(16) % 10, {})
+    shards.write_manifest(tmp_path, [(0, 16)], 10, StageClock("sample_diffusion"), generator="edm")
+    data = TrainingData(np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int64), shards.ShardSet.open(tmp_path),
+                        np.arange(16), np.arange(16) % 10, flip=True)
+    x, y = make_batch(data, BatchMixer(8, 16, 64, 0.75, seed=0), 0, 0, torch.device("cpu"))
+    generated = x[x.flatten(1).amax(1) > 0]
+    assert len(generated) == 48 and len(y) == 64
+    assert sum(not torch.equal(g, generated[0]) for g in generated) > 0          # not all left untouched
+    assert (generated[:, :, :, 16:].sum((1, 2, 3)) > 0).any()                      # some mirrored or shifted right
+
+
+def test_training_length_follows_the_amount_of_generated_data() -> None:
+    from genrobust.training.adversarial import length_for
+    cfg = {"epochs": 400, "batch_size": 512, "generated_fraction": 0.7,
+           "by_num_generated": [{"min_images": 20_000_000, "epochs": 2400, "batch_size": 2048, "generated_fraction": 0.8},
+                                {"min_images": 50_000_000, "epochs": 2000}]}
+    assert length_for(cfg, 1_000_000)["epochs"] == 400
+    assert {k: length_for(cfg, 20_000_000)[k] for k in ("epochs", "batch_size", "generated_fraction")} == \
+        {"epochs": 2400, "batch_size": 2048, "generated_fraction": 0.8}
+    assert (length_for(cfg, 50_000_000)["epochs"], length_for(cfg, 50_000_000)["batch_size"]) == (2000, 512)
