@@ -184,10 +184,11 @@ def test_speed_options_follow_the_device(monkeypatch) -> None:
     from genrobust.training import common
 
     cfg = {"precision": "auto", "channels_last": "auto", "compile": False}
-    assert common.speed_options(cfg) == {"bf16": False, "channels_last": False, "compile": False}   # CPU
+    assert common.speed_options(cfg) == {"bf16": False, "channels_last": True, "compile": False}    # CPU
     monkeypatch.setattr(common, "device", lambda: torch.device("cuda"))
     assert common.speed_options(cfg) == {"bf16": True, "channels_last": True, "compile": False}
-    assert common.speed_options(dict(cfg, precision="fp32", channels_last=False))["bf16"] is False
+    assert common.speed_options(dict(cfg, precision="fp32", channels_last=False)) == \
+        {"bf16": False, "channels_last": False, "compile": False}
 
 
 def test_every_slice_of_a_batch_holds_the_batch_mix() -> None:
