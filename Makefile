@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 CORES ?= all
 
-.PHONY: install demo test lint share pull grids report
+.PHONY: install demo test lint share pull grids code-deps report
 
 $(VENV)/.installed: pyproject.toml envs/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: install
 # After editing grids or pipeline.grids in params.yaml: the cell list that dvc.yaml's grid stages iterate over.
 grids: install
 	python -m genrobust grid_cells --out workflow/grid_cells.yaml
+
+# After changing what a stage imports: every dvc.yaml stage's src/ dependencies, from its real import closure
+# (the Snakemake rules read the same lists from dvc.yaml).
+code-deps: install
+	python -m genrobust.code_deps --write dvc.yaml
 
 # The summary table, figures and scaling fit of every result under results/ (Snakemake: results/summary.csv).
 report: install

@@ -26,9 +26,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from genrobust.models.checkpoint import build_classifier
+from genrobust.report.flops import trades_step_flops
 from genrobust.training.ema import EMA
 from genrobust.training.loop import Recipe, make_optimizer, train_step
 
@@ -57,34 +57,6 @@ def plain_trades_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     loss.backward()
     optimizer.step()
     return loss.item()
-
-
-def _counted(work: Callable[[], None]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        work()
-    return counter.get_total_flops()
-
-
-def trades_step_flops(model: torch.nn.Module, x: torch.Tensor, attack_steps: int) -> int:
-    """FLOPs of one TRADES step, counted part by part (the counter cannot follow torch.autograd.grad).
-
-    The clean forward, then per attack step a forward and a backward to the input only
-    (weights frozen, as autograd.grad computes no weight gradients), then forward and
-    backward of the clean and adversarial halves together, with weight gradients.
-    """
-    def attack_iteration() -> None:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        probe = x.clone().requires_grad_(True)
-        model(probe).sum().backward()
-        for p in model.parameters():
-            p.requires_grad_(True)
-
-    with torch.no_grad():
-        clean = _counted(lambda: model(x))
-    final = _counted(lambda: model(torch.cat([x, x])).sum().backward())
-    model.zero_grad(set_to_none=True)
-    return clean + attack_steps * _counted(attack_iteration) + final
 
 
 def measure(step: Callable[[], float], warmup: int, iters: int, device: torch.device) -> float:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from genrobust import config, io
 
@@ -58,3 +59,12 @@ def write_images(path: Path, count: int, num_classes: int = 10, seed: int = 0) -
     images = np.clip(base + rng.integers(-15, 16, size=(count, 32, 32, 3)), 0, 255).astype(np.uint8)
     io.save_npz(path, image=images, label=labels)
     return images, labels
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly when other jobs share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

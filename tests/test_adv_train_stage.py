@@ -14,7 +14,8 @@ import torch
 from genrobust.attacks.pgd import robust_accuracy
 from genrobust.data.sources import digits
 from genrobust.training.common import new_model
-from genrobust.training.loop import Recipe, TrainingData, fit, to_tensor
+from genrobust.data.transform import to_tensor
+from genrobust.training.loop import Recipe, TrainingData, fit
 from genrobust.training.mixing import BatchMixer
 
 from .conftest import ENV, ROOT, write_images

@@ -66,3 +66,23 @@ def test_cli_reports_a_bad_param_in_one_line_without_traceback(tmp_path) -> None
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         f"genrobust prepare_data: error: {bad}: adv_train.generated_fraction = 2: must be at most 1"]
+
+
+def test_values_are_typed_as_yaml_1_2_reads_them(params: dict) -> None:
+    """`1e-6` is a number (YAML 1.1 and Snakemake's nested --config make it text), `yes` is text."""
+    from genrobust import yaml12
+    changed = config.validate(config.apply_overrides(params, ["gaussian.rank_tolerance=1e-6", "evaluate.n_examples=200"]))
+    assert changed["gaussian"]["rank_tolerance"] == 1e-6 and changed["evaluate"]["n_examples"] == 200
+    round_trip = config.apply_overrides(params, config.overrides_between(params, changed))
+    assert config.validate(round_trip) == changed
+    as_snakemake_reads_it = {"evaluate": {"n_examples": "200", "allow_fewer": "false"}, "gaussian": {"rank_tolerance": "1e-06"}}
+    assert yaml12.typed(as_snakemake_reads_it) == {"evaluate": {"n_examples": 200, "allow_fewer": False},
+                                                   "gaussian": {"rank_tolerance": 1e-6}}
+    assert [yaml12.load(t) for t in ("yes", "0x1f", "-.inf", "null", "[1e-3, a]")][:2] == ["yes", 31]
+
+
+def test_each_rule_gets_only_the_changes_it_reads() -> None:
+    changes = ["evaluate.n_examples=32", "presets.smoke.adv_train.lr=0.2", "seed=1", "gaussian.rank_tolerance=1e-06"]
+    assert config.changes_for(changes, ["evaluate", "threats"]) == ["evaluate.n_examples=32", "seed=1"]
+    assert config.changes_for(changes, ["adv_train"]) == ["presets.smoke.adv_train.lr=0.2", "seed=1"]
+    assert config.changes_for(changes, ["classifier"]) == ["seed=1"]

@@ -33,13 +33,7 @@ from .conftest import ENV, ROOT, write_images
 NUM_IMAGES, SHARD_SIZE = 20, 8   # shards of 8, 8 and 4 images
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP threads stall badly when other jobs share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

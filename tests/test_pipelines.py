@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from genrobust import code_deps
 
 from .conftest import ENV, ROOT, copy_project, run
 
@@ -64,6 +67,26 @@ def test_snakemake_runs_the_whole_dag_on_digits(snakemake_project: Path) -> None
 
 
 @pytest.mark.e2e
+def test_a_configfile_replans_only_what_it_changes(snakemake_project: Path, tmp_path: Path) -> None:
+    """`--configfile` with one changed key plans and runs only the rules downstream of it; nested `--config`
+    values and a float without a dot (1e-6) arrive typed, as YAML 1.2 reads them."""
+    project = tmp_path / "project"
+    shutil.copytree(snakemake_project, project, symlinks=True)
+    (project / "my.yaml").write_text("evaluate:\n  n_examples: 32\n")
+    plan = parse_dry_run(run(["snakemake", "-n", "-p", "--cores", "2", "--configfile", "my.yaml", TARGET],
+                             project).stdout)
+    assert set(plan) == {"evaluate"}, plan
+    assert "--set=evaluate.n_examples=32" in plan["evaluate"][0]["shell"]
+    run(["snakemake", "--cores", "2", "--configfile", "my.yaml", TARGET], project)
+    assert json.loads((project / TARGET).read_text())["n_examples"] == 32
+    nested = ["--config", 'evaluate={"n_examples": 16}', 'gaussian={"rank_tolerance": 1e-6}']
+    plan = parse_dry_run(run(["snakemake", "-n", "-p", "--cores", "2", "--configfile", "my.yaml", *nested, TARGET],
+                             project).stdout)
+    assert set(plan) == {"evaluate"}, plan                 # the Gaussian baseline is not part of this target
+    assert "--set=evaluate.n_examples=16" in plan["evaluate"][0]["shell"]
+
+
+@pytest.mark.e2e
 def test_dvc_repro_makes_the_same_files(snakemake_project: Path, tmp_path: Path) -> None:
     """The set of files is the point here (accuracy is checked above), so the smoke preset is cut further."""
     project = copy_project(tmp_path / "dvc")
@@ -77,6 +100,11 @@ def test_dvc_repro_makes_the_same_files(snakemake_project: Path, tmp_path: Path)
     run(["dvc", "repro", "evaluate"], project)              # the same target: evaluate and what it needs
     assert artifacts(project) == artifacts(snakemake_project)
     assert "Data and pipelines are up to date" in run(["dvc", "status", "--with-deps", "evaluate"], project).stdout
+    wideresnet = project / "src/genrobust/models/wideresnet.py"      # imported by the classifiers' stages only
+    wideresnet.write_text(wideresnet.read_text() + "\n# a change\n")
+    changed = run(["dvc", "status"], project).stdout
+    assert {"train_classifier", "adv_train", "evaluate", "pseudo_label"} <= set(re.findall(r"^(\w+)@", changed, re.M))
+    assert not {"prepare_data", "train_diffusion", "sample_diffusion"} & set(re.findall(r"^(\w+)@", changed, re.M))
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
     curve, = plots["models/digits/adv/linf/metrics.tsv"]
     assert curve["content"]["encoding"]["x"]["field"] == "images_seen"
@@ -104,9 +132,12 @@ def test_every_dvc_stage_is_a_snakemake_rule(tmp_path: Path) -> None:
             return next((d for d in dirs if path.startswith(d + "/")), path)
 
         data_deps = {str(dep.def_path) for dep in stage.deps if not str(dep.def_path).startswith(("src/", "params"))}
+        code = code_deps.expand([str(dep.def_path) for dep in stage.deps if str(dep.def_path).startswith("src/")],
+                                project)
         outs = {str(out.def_path) for out in stage.outs}
         # The gather rules' inputs are the shards of their own output directory (made by the per-shard jobs).
-        assert {as_dvc(path) for path in job["input"]} - outs == data_deps, name
+        assert {as_dvc(path) for path in job["input"] if not path.startswith("src/")} - outs == data_deps, name
+        assert {path for path in job["input"] if path.startswith("src/")} == code, name     # the same code deps
         assert {as_dvc(path) for path in job["output"]} == outs, name
 
 

@@ -16,7 +16,8 @@ from genrobust.evaluation.model_info import model_info
 from genrobust.evaluation.result_schema import validate_result
 from genrobust.evaluation.sanity import sanity_checks
 from genrobust.training.common import new_model
-from genrobust.training.loop import Recipe, TrainingData, fit, to_tensor
+from genrobust.data.transform import to_tensor
+from genrobust.training.loop import Recipe, TrainingData, fit
 from genrobust.training.mixing import BatchMixer
 
 

@@ -16,7 +16,7 @@ from genrobust.errors import UserError
 from genrobust.models.checkpoint import build_classifier, load_classifier, save_classifier
 from genrobust.provenance import StageClock, read_meta
 from genrobust.pseudo_label import Scores, pseudo_label, select
-from genrobust.training.loop import to_tensor
+from genrobust.data.transform import to_tensor
 
 from .conftest import ENV, ROOT
 

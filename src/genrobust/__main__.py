@@ -32,6 +32,8 @@ THREAT = ("--threat", {"required": True, "choices": ["linf", "l2"], "help": "thr
 SHARD = ("--shard", {"type": int, "action": "append",
                      "help": "make only this shard (repeatable) and no manifest; without it: every missing shard, then the manifest"})
 WORK = ("--work", {"required": True, "type": Path, "help": "resume state; not a pipeline output, so never deleted"})
+RESTART = ("--restart", {"action": "store_true",
+                         "help": "train from step 0 on purpose: set the resume state in --work aside (as *.stale)"})
 
 
 def _path(flag: str, help_text: str, required: bool = True) -> tuple[str, dict[str, Any]]:
@@ -46,10 +48,10 @@ def _prepare_data(settings: dict, args: argparse.Namespace) -> None:
 
 
 @_stage("train_diffusion", "train a class-conditional diffusion model (resumable)", DATASET, GENERATOR,
-        _path("--train", "train npz"), _path("--out", "model checkpoint to write"), WORK)
+        _path("--train", "train npz"), _path("--out", "model checkpoint to write"), WORK, RESTART)
 def _train_diffusion(settings: dict, args: argparse.Namespace) -> None:
     from .diffusion.train import train_diffusion
-    train_diffusion(settings, args.generator, args.train, args.out, args.work)
+    train_diffusion(settings, args.generator, args.train, args.out, args.work, args.restart)
 
 
 @_stage("sample_diffusion", "generate class-balanced samples as shards plus manifest.json", DATASET, GENERATOR,
@@ -74,10 +76,10 @@ def _sample_gaussian(settings: dict, args: argparse.Namespace) -> None:
 
 
 @_stage("train_classifier", "train the standard (non-robust) classifier (resumable)", DATASET,
-        _path("--train", "train npz"), _path("--out", "checkpoint to write"), WORK)
+        _path("--train", "train npz"), _path("--out", "checkpoint to write"), WORK, RESTART)
 def _train_classifier(settings: dict, args: argparse.Namespace) -> None:
     from .training.standard import train_classifier
-    train_classifier(settings, args.train, args.out, args.work)
+    train_classifier(settings, args.train, args.out, args.work, args.restart)
 
 
 @_stage("pseudo_label", "label generated images with the standard classifier", DATASET,
@@ -93,7 +95,7 @@ def _pseudo_label(settings: dict, args: argparse.Namespace) -> None:
         _path("--labels", "pseudo-labels npz of those shards", required=False),
         _path("--out", "checkpoint to write: the best by held-out PGD accuracy (the last without validation)"),
         _path("--last", "checkpoint of the last epoch to write"),
-        _path("--metrics", "per-epoch metrics TSV to write (dvc plots draws it)"), WORK,
+        _path("--metrics", "per-epoch metrics TSV to write (dvc plots draws it)"), WORK, RESTART,
         ("--num-generated", {"type": int, "help": "use only the first N kept generated images (a grid cell)"}),
         ("--activation", {"choices": ["relu", "silu", "gelu", "softplus"],
                           "help": "override adv_train.model.activation (a grid cell)"}))
@@ -106,7 +108,7 @@ def _adv_train(settings: dict, args: argparse.Namespace) -> None:
     if args.activation:
         settings["adv_train"]["model"] = dict(settings["adv_train"]["model"], activation=args.activation)
     adv_train(settings, args.threat, args.train, Outputs(args.out, args.last, args.metrics), args.work,
-              args.shards, args.labels, args.num_generated)
+              args.shards, args.labels, args.num_generated, args.restart)
 
 
 @_stage("evaluate", "AutoAttack on the test set; writes the result JSON", DATASET, THREAT,

@@ -17,9 +17,11 @@ from typing import Any, Iterable, Mapping
 import jsonschema
 import yaml
 
+from . import yaml12
 from .errors import UserError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "params.schema.yaml"   # package data (workflow/schemas links here)
+GLOBAL_KEYS = ("seed", "preset", "datasets")   # every stage resolves its dataset and preset from these
 STAGE_SECTIONS = ("diffusion", "sample", "gaussian", "classifier", "pseudo_label", "adv_train", "evaluate")
 
 
@@ -139,7 +141,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(params: dict[str, Any], overrides: Iterable[str], source: str = "--set") -> dict[str, Any]:
-    """Apply `dotted.key=value` overrides, the value read as YAML (so `0.5`, `true`, `[a, b]` work)."""
+    """Apply `dotted.key=value` overrides, the value read as YAML 1.2 (so `1e-6`, `true`, `[a, b]` work)."""
     params = copy.deepcopy(params)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -151,7 +153,7 @@ def apply_overrides(params: dict[str, Any], overrides: Iterable[str], source: st
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise UserError(f"{source} {item!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = yaml12.load(raw)
     return params
 
 
@@ -169,3 +171,18 @@ def overrides_between(base: Mapping[str, Any], config: Mapping[str, Any], prefix
         elif key not in base or base[key] != value:
             changes.append(f"{dotted}={json.dumps(value)}")
     return changes
+
+
+def changes_for(changes: Iterable[str], sections: Iterable[str]) -> list[str]:
+    """The `key=value` changes that can alter what a stage reads: its sections, or the global keys.
+
+    Snakemake reruns a rule when its params change; handing each rule only these keeps a change to
+    one section from replanning rules that never read it.
+    """
+    sections = set(sections) | set(GLOBAL_KEYS)
+    kept = []
+    for item in changes:
+        parts = item.partition("=")[0].split(".")
+        if parts[0] in sections or (parts[0] == "presets" and len(parts) > 2 and parts[2] in sections):
+            kept.append(item)
+    return kept

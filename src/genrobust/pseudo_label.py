@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from . import io
+from .data.transform import to_tensor
 from .distributed import device
 from .errors import UserError
 from .models.checkpoint import load_classifier
 from .provenance import StageClock, meta_array
 from .shards import ShardSet, filtered
-from .training.loop import to_tensor
 
 
 class Scores(NamedTuple):

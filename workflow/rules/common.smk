@@ -1,22 +1,56 @@
 # Validation, settings and the command prefix shared by every rule.
 import json
 import os
+import re
 import shlex
+from pathlib import Path
 
 import yaml
 
+from genrobust import code_deps
 from genrobust import config as params_config
+from genrobust import yaml12
 from genrobust import grids as grid_cells
 from genrobust.shards import shard_count
+from snakemake.exceptions import WorkflowError
 
-# Validated with the same schema and loader as the CLI, so a bad value fails here, before any job.
-PARAMS = params_config.validate(config, "params.yaml (with --config overrides)")
-with open(workflow.configfiles[0] if workflow.configfiles else "params.yaml") as handle:
-    FILE_PARAMS = yaml.safe_load(handle)
-# `--config` overrides reach the CLI as `--set key=value`, so the stage sees what Snakemake validated.
-OVERRIDES = " ".join(
-    shlex.quote(f"--set={item}") for item in params_config.overrides_between(FILE_PARAMS, PARAMS)
-)
+# Validated with the same schema and loader as the CLI, so a bad value fails here, before any job. Strings that
+# YAML 1.2 reads as numbers become numbers (Snakemake reads nested --config values as text).
+PARAMS = params_config.validate(yaml12.typed(json.loads(json.dumps(config))),
+                                "params.yaml (with --configfile/--config overrides)")
+# What --configfile and --config changed, against the params.yaml that every CLI stage reads by default.
+CHANGES = params_config.overrides_between(params_config.read_yaml("params.yaml"), PARAMS)
+
+
+def _code_by_stage():
+    """Each CLI stage's source files, as dvc.yaml lists them (tests/test_code_deps.py keeps those lists equal to
+    the stage's real import closure): inputs of the rules, so Snakemake reruns what DVC reruns on a code change."""
+    with open("dvc.yaml") as handle:
+        stages = yaml.safe_load(handle)["stages"]
+    found = {}
+    for stage in stages.values():
+        body = stage.get("do", stage)
+        cli = re.search(r"python -m genrobust (\w+)", body["cmd"]).group(1)
+        found[cli] = sorted(code_deps.expand([dep for dep in body["deps"] if dep.startswith("src/")], Path(".")))
+    return found
+
+
+CODE = _code_by_stage()
+
+
+def all_cores():
+    """The rule's threads: every core Snakemake was given. Commands that run no job (`--unlock`, `--lint`)
+    give none, and Snakemake's `workflow.cores` then raises; any count serves there."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
+
+
+def overrides(*sections):
+    """The changes a rule's stage needs, as `--set key=value`: only those that can alter what it reads,
+    so that Snakemake's params trigger replans exactly the rules downstream of a change."""
+    return " ".join(shlex.quote(f"--set={item}") for item in params_config.changes_for(CHANGES, sections))
 
 
 wildcard_constraints:

@@ -1,9 +1,11 @@
 rule prepare_data:
+    input:
+        code=CODE["prepare_data"],
     output:
         train="data/{dataset}/train.npz",
         test="data/{dataset}/test.npz",
     params:
-        overrides=OVERRIDES,
+        overrides=overrides(),
         settings=lambda w: json.dumps(PARAMS["datasets"][w.dataset], sort_keys=True),
     conda:
         "../../envs/genrobust.yaml"

@@ -2,11 +2,12 @@ rule evaluate:
     input:
         model="models/{dataset}/adv/{threat}/model.pt",
         test="data/{dataset}/test.npz",
+        code=CODE["evaluate"],
     output:
         result="results/{dataset}_{threat}.json",
         info="results/{dataset}_{threat}.model_info.json",
     params:
-        overrides=OVERRIDES,
+        overrides=overrides("evaluate", "threats"),
         settings=settings("evaluate"),
     conda:
         "../../envs/genrobust.yaml"
@@ -14,7 +15,7 @@ rule evaluate:
         "logs/{dataset}/evaluate_{threat}.log",
     benchmark:
         "benchmarks/{dataset}/evaluate_{threat}.tsv"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=1,
         mem_mb=8000,

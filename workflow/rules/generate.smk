@@ -7,11 +7,12 @@
 rule train_diffusion:
     input:
         train="data/{dataset}/train.npz",
+        code=CODE["train_diffusion"],
     output:
         model="models/{dataset}/diffusion/{diffusion}/model.pt",
     params:
         launcher=launcher,
-        overrides=OVERRIDES,
+        overrides=overrides("diffusion"),
         settings=settings("diffusion", "dataset"),  # the dataset's `flip` changes training too
         work="work/{dataset}/diffusion/{diffusion}",
     conda:
@@ -20,7 +21,7 @@ rule train_diffusion:
         "logs/{dataset}/train_diffusion_{diffusion}.log",
     benchmark:
         "benchmarks/{dataset}/train_diffusion_{diffusion}.tsv"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=1,
         mem_mb=16000,
@@ -33,10 +34,11 @@ rule train_diffusion:
 rule sample_diffusion_shard:
     input:
         model="models/{dataset}/diffusion/{diffusion}/model.pt",
+        code=CODE["sample_diffusion"],
     output:
         shard="data/{dataset}/generated/{diffusion}/shards/shard-{shard}.npz",
     params:
-        overrides=OVERRIDES,
+        overrides=overrides("sample", "diffusion"),
         settings=settings("sample"),
         out=lambda w, output: os.path.dirname(output.shard),
     conda:
@@ -45,7 +47,7 @@ rule sample_diffusion_shard:
         "logs/{dataset}/sample_{diffusion}/shard-{shard}.log",
     benchmark:
         "benchmarks/{dataset}/sample_{diffusion}/shard-{shard}.tsv"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=1,
         mem_mb=8000,
@@ -59,10 +61,11 @@ rule sample_diffusion:
     input:
         model="models/{dataset}/diffusion/{diffusion}/model.pt",
         shards=shard_files("data/{dataset}/generated/{diffusion}/shards"),
+        code=CODE["sample_diffusion"],
     output:
         manifest="data/{dataset}/generated/{diffusion}/shards/manifest.json",
     params:
-        overrides=OVERRIDES,
+        overrides=overrides("sample", "diffusion"),
         settings=settings("sample"),
         out=lambda w, output: os.path.dirname(output.manifest),
     conda:
@@ -84,10 +87,11 @@ rule sample_diffusion:
 rule fit_gaussian:
     input:
         train="data/{dataset}/train.npz",
+        code=CODE["fit_gaussian"],
     output:
         fit="models/{dataset}/gaussian/fit.npz",
     params:
-        overrides=OVERRIDES,
+        overrides=overrides("gaussian"),
         settings=settings("gaussian"),
     conda:
         "../../envs/genrobust.yaml"
@@ -95,7 +99,7 @@ rule fit_gaussian:
         "logs/{dataset}/fit_gaussian.log",
     benchmark:
         "benchmarks/{dataset}/fit_gaussian.tsv"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=0,
         mem_mb=32000,
@@ -108,10 +112,11 @@ rule fit_gaussian:
 rule sample_gaussian_shard:
     input:
         fit="models/{dataset}/gaussian/fit.npz",
+        code=CODE["sample_gaussian"],
     output:
         shard="data/{dataset}/generated/gaussian/shards/shard-{shard}.npz",
     params:
-        overrides=OVERRIDES,
+        overrides=overrides("sample", "gaussian"),
         settings=settings("sample"),
         out=lambda w, output: os.path.dirname(output.shard),
     conda:
@@ -134,10 +139,11 @@ rule sample_gaussian:
     input:
         fit="models/{dataset}/gaussian/fit.npz",
         shards=shard_files("data/{dataset}/generated/gaussian/shards", "gaussian"),
+        code=CODE["sample_gaussian"],
     output:
         manifest="data/{dataset}/generated/gaussian/shards/manifest.json",
     params:
-        overrides=OVERRIDES,
+        overrides=overrides("sample", "gaussian"),
         settings=settings("sample"),
         out=lambda w, output: os.path.dirname(output.manifest),
     conda:

@@ -4,13 +4,14 @@
 rule adv_train_cell:
     input:
         unpack(cell_inputs),
+        code=CODE["adv_train"],
     output:
         model="models/cells/{cell}/model.pt",
         last="models/cells/{cell}/last.pt",
         metrics="models/cells/{cell}/metrics.tsv",
     params:
         launcher=launcher,
-        overrides=OVERRIDES,
+        overrides=overrides("adv_train", "threats"),
         settings=cell_settings("adv_train"),
         args=lambda w: grid_cells.cell_args(cell_of(w)),
         work="work/cells/{cell}",
@@ -20,7 +21,7 @@ rule adv_train_cell:
         "logs/cells/{cell}/adv_train.log",
     benchmark:
         "benchmarks/cells/{cell}/adv_train.tsv"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=1,
         mem_mb=32000,
@@ -34,11 +35,12 @@ rule evaluate_cell:
     input:
         model="models/cells/{cell}/model.pt",
         test=lambda w: f"data/{cell_of(w).dataset}/test.npz",
+        code=CODE["evaluate"],
     output:
         result="results/grid/{grid}/{cell}.json",
         info="results/grid/{grid}/{cell}.model_info.json",
     params:
-        overrides=OVERRIDES,
+        overrides=overrides("evaluate", "threats"),
         settings=cell_settings("evaluate"),
         dataset=lambda w: cell_of(w).dataset,
         threat=lambda w: cell_of(w).threat,
@@ -48,7 +50,7 @@ rule evaluate_cell:
         "logs/grid/{grid}/{cell}/evaluate.log",
     benchmark:
         "benchmarks/grid/{grid}/{cell}/evaluate.tsv"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=1,
         mem_mb=8000,

@@ -4,11 +4,12 @@
 rule train_classifier:
     input:
         train="data/{dataset}/train.npz",
+        code=CODE["train_classifier"],
     output:
         model="models/{dataset}/classifier/model.pt",
     params:
         launcher=launcher,
-        overrides=OVERRIDES,
+        overrides=overrides("classifier"),
         settings=settings("classifier", "dataset"),
         work="work/{dataset}/classifier",
     conda:
@@ -17,7 +18,7 @@ rule train_classifier:
         "logs/{dataset}/train_classifier.log",
     benchmark:
         "benchmarks/{dataset}/train_classifier.tsv"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=1,
         mem_mb=16000,
@@ -31,11 +32,12 @@ rule pseudo_label:
     input:
         classifier="models/{dataset}/classifier/model.pt",
         manifest="data/{dataset}/generated/{generator}/shards/manifest.json",
+        code=CODE["pseudo_label"],
     output:
         labels="data/{dataset}/generated/{generator}/labels.npz",
     params:
-        overrides=OVERRIDES,
-        settings=settings("pseudo_label"),
+        overrides=overrides("pseudo_label", "sample", "generator"),
+        settings=settings("pseudo_label", "sample"),   # sample: whether the set is filtered
         shards=lambda w, input: os.path.dirname(input.manifest),
     conda:
         "../../envs/genrobust.yaml"
@@ -43,7 +45,7 @@ rule pseudo_label:
         "logs/{dataset}/pseudo_label_{generator}.log",
     benchmark:
         "benchmarks/{dataset}/pseudo_label_{generator}.tsv"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=1,
         mem_mb=8000,
@@ -57,13 +59,14 @@ rule adv_train:
     input:
         unpack(generated_inputs),
         train="data/{dataset}/train.npz",
+        code=CODE["adv_train"],
     output:
         model="models/{dataset}/adv/{threat}/model.pt",
         last="models/{dataset}/adv/{threat}/last.pt",
         metrics="models/{dataset}/adv/{threat}/metrics.tsv",
     params:
         launcher=launcher,
-        overrides=OVERRIDES,
+        overrides=overrides("adv_train", "threats", "generator"),
         settings=settings("adv_train", "dataset"),
         generator=lambda w: PARAMS["generator"],
         generated=generated_args,
@@ -74,7 +77,7 @@ rule adv_train:
         "logs/{dataset}/adv_train_{threat}.log",
     benchmark:
         "benchmarks/{dataset}/adv_train_{threat}.tsv"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=1,
         mem_mb=32000,

@@ -59,3 +59,8 @@ def _resize(images: np.ndarray, max_value: float) -> np.ndarray:
         shrinking = height > SIZE or width > SIZE
         tensor = F.interpolate(tensor, size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=shrinking)
     return tensor.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The format as the networks take it: float NCHW in [0, 1] on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2))).to(device).float().div_(255)

@@ -4,20 +4,19 @@ A plain training loop (batches drawn at random from the memory-mapped images, ra
 horizontal flips where the dataset allows them (`datasets.<name>.flip`), AdamW, gradient
 clipping, EMA of the weights, bf16 autocast per `diffusion.precision`). Every
 `checkpoint_every` steps and at the end the whole training state goes atomically to
-`work_dir/ckpt.pt`, which is not a declared pipeline output, so neither Snakemake nor DVC
-deletes it before a rerun; a rerun with the same settings resumes from it, and one with more
-`steps` continues it. Every `grid_every` steps and at the end a PNG grid of EMA samples goes
-to `work_dir/grids/`. The EMA weights are what the model file keeps and what the sampler uses.
+`work_dir/ckpt.pt` (the one before kept as `ckpt.pt.prev`, see `resume`), which is not a declared
+pipeline output, so neither Snakemake nor DVC deletes it before a rerun; a rerun with the same
+settings resumes from it, and one with more `steps` continues it. Every `grid_every` steps and at
+the end a PNG grid of EMA samples goes to `work_dir/grids/`. The EMA weights are what the model
+file keeps and what the sampler uses.
 """
 
 from __future__ import annotations
 
 import contextlib
-import pickle
 import random
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping
@@ -32,11 +31,13 @@ from tqdm import tqdm
 from .. import distributed, io
 from ..errors import UserError
 from ..provenance import StageClock, read_meta
+from ..resume import StateFile
 from .grid import grid_path, write_grid
 from .model import FORMAT, build_model, model_config
 
 CKPT_NAME = "ckpt.pt"
 CKPT_FORMAT = "genrobust-diffusion-train-state"
+CKPT_KEYS = ("format", "fingerprint", "step", "model", "ema", "optimizer", "rng")
 LOG_EVERY = 50
 
 
@@ -57,8 +58,8 @@ def options(settings: Mapping[str, Any], device: torch.device) -> Options:
 
 
 def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Path, model_out: Path,
-                    work_dir: Path) -> None:
-    """Train (or resume training) and write the EMA model to `model_out`."""
+                    work_dir: Path, restart: bool = False) -> None:
+    """Train (or resume training, unless `restart`) and write the EMA model to `model_out`."""
     cfg = settings["diffusion"]
     num_classes = settings["dataset"]["num_classes"]
     if generator == "ddpm" and cfg["grid_every"] and cfg["grid_steps"] > cfg["ddpm"]["timesteps"]:
@@ -76,8 +77,8 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
     model = build_model(generator, model_config(cfg, generator), num_classes).to(device, memory_format=_layout(opts))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
     ema = EMA(model, beta=cfg["ema_decay"], update_after_step=0, update_every=1, include_online_model=False)
-    ckpt_path = Path(work_dir) / CKPT_NAME
-    start = _resume(ckpt_path, fingerprint, cfg["steps"], model, ema, optimizer, device)
+    state_file = StateFile(Path(work_dir) / CKPT_NAME, CKPT_KEYS)
+    start = _resume(state_file, fingerprint, cfg["steps"], model, ema, optimizer, device, restart)
 
     model.train()
     world = distributed.world_size()
@@ -90,7 +91,7 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
         """Checkpoint, then draw a grid, on the steps params ask for and at the last one (first process only)."""
         last = step == cfg["steps"]
         if step % cfg["checkpoint_every"] == 0 or last:
-            _save_state(ckpt_path, fingerprint, step, model, ema, optimizer)
+            _save_state(state_file, fingerprint, step, model, ema, optimizer)
         if cfg["grid_every"] and (step % cfg["grid_every"] == 0 or last):
             write_grid(ema.ema_model, num_classes, cfg["grid_steps"], settings["seed"], grid_path(work_dir, step))
 
@@ -186,36 +187,31 @@ def _cpu(state: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value.detach().cpu() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
 
 
-def _save_state(path: Path, fingerprint: Mapping[str, Any], step: int, model: nn.Module, ema: EMA,
+def _save_state(state_file: StateFile, fingerprint: Mapping[str, Any], step: int, model: nn.Module, ema: EMA,
                 optimizer: torch.optim.Optimizer) -> None:
     """Everything needed to continue bit-for-bit: weights, EMA, optimizer, step and all RNG states."""
-    state = {"format": CKPT_FORMAT, "fingerprint": dict(fingerprint), "step": step,
-             "model": _cpu(model.state_dict()), "ema": _cpu(ema.state_dict()),
-             "optimizer": optimizer.state_dict(), "rng": _rng_state()}
-    with io.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    state_file.save({"format": CKPT_FORMAT, "fingerprint": dict(fingerprint), "step": step,
+                     "model": _cpu(model.state_dict()), "ema": _cpu(ema.state_dict()),
+                     "optimizer": optimizer.state_dict(), "rng": _rng_state()})
 
 
-def _resume(path: Path, fingerprint: Mapping[str, Any], steps: int, model: nn.Module, ema: EMA,
-            optimizer: torch.optim.Optimizer, device: torch.device) -> int:
-    """Load a matching checkpoint and return its step; 0 (train from scratch) when there is none.
+def _resume(state_file: StateFile, fingerprint: Mapping[str, Any], steps: int, model: nn.Module, ema: EMA,
+            optimizer: torch.optim.Optimizer, device: torch.device, restart: bool) -> int:
+    """Load the newest usable checkpoint and return its step; 0 (train from scratch) when there is none.
 
-    A checkpoint that does not load, was made with other settings or data, or is already past
-    `steps` is ignored (and overwritten at the next checkpoint) rather than trusted.
+    One made with other settings or data, or already past `steps`, is set aside rather than trusted.
     """
-    if not path.is_file():
+    def check(state: dict[str, Any]) -> str | None:
+        if state["format"] != CKPT_FORMAT:
+            return f"not a {CKPT_FORMAT} file"
+        if state["fingerprint"] != fingerprint:
+            return "made with other settings or data"
+        return f"at step {state['step']}, beyond steps = {steps}" if state["step"] > steps else None
+
+    resumed = state_file.load(check, lambda line: print(f"train_diffusion: {line}", flush=True), restart)
+    if resumed is None:
         return 0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        print(f"train_diffusion: ignoring unreadable checkpoint {path} ({exc})", flush=True)
-        return 0
-    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT or state.get("fingerprint") != fingerprint:
-        print(f"train_diffusion: ignoring {path}: made with other settings or data", flush=True)
-        return 0
-    if state["step"] > steps:
-        print(f"train_diffusion: ignoring {path}: at step {state['step']}, beyond steps = {steps}", flush=True)
-        return 0
+    path, state = resumed
     model.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])

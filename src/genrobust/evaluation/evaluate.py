@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from .. import io
+from ..data.transform import to_tensor
+from ..distributed import device
 from ..errors import UserError
 from ..models.checkpoint import load_classifier
 from ..provenance import StageClock, gpu_hours
-from ..distributed import device
-from ..training.loop import to_tensor
 from .autoattack import run_autoattack
 from .dvclock import verify_locked
 from .model_info import model_info

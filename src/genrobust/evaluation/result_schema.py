@@ -12,7 +12,7 @@ import yaml
 from ..config import describe_error
 from ..errors import UserError
 
-RESULT_SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "result.schema.yaml"
+RESULT_SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "result.schema.yaml"   # package data
 
 
 @lru_cache(maxsize=1)

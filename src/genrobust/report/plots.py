@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 from .. import io  # noqa: E402
+from .scaling import AXES  # noqa: E402
 
 FIGURES = ("robust_vs_generated.png", "clean_vs_robust.png", "training_curves.png", "scaling.png")
 
@@ -62,21 +63,21 @@ def training_curves(records: Mapping[str, Mapping[str, Any]], path: Path) -> Non
     _save(figure, path)
 
 
-def scaling(fits: Mapping[str, Mapping[str, Any]], path: Path) -> None:
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, name in zip(axes, ("data", "compute")):
-        for group, by_axis in sorted(fits.items()):
-            fit = by_axis[name]
+def scaling(fits: Mapping[str, Any], path: Path) -> None:
+    """One panel per axis of scaling.json: each configuration's fitted points and, where it converged, its curve."""
+    figure, axes = plt.subplots(2, 2, figsize=(11, 8), layout="constrained")
+    for axis, name in zip(axes.flat, AXES):
+        for group in fits["groups"]:
+            fit = group["fits"][name]
             points = [p for p in fit["points"] if p[0] > 0]
             if not points:
                 continue
-            dots = axis.scatter([p[0] for p in points], [p[1] for p in points], label=group)
+            dots = axis.scatter([p[0] for p in points], [p[1] for p in points], label=group["name"])
             if fit["status"] == "ok":
                 axis.plot([p[0] for p in fit["curve"]], [p[1] for p in fit["curve"]], color=dots.get_facecolor()[0],
-                          label=f"{group}: a={fit['params']['a']:.3f}, c={fit['params']['c']:.2f}")
+                          label=f"a={fit['params']['a']:.3f}, c={fit['params']['c']:.2f}")
         axis.set_xscale("log")
-        axis.set(xlabel=next(iter(fits.values()))[name]["x"] if fits else name, ylabel="robust accuracy",
-                 title=f"Scaling with {name}: a - b x^-c")
+        axis.set(xlabel=AXES[name][1], ylabel="robust accuracy", title=f"Scaling with {name}: a - b x^-c")
         if axis.collections:
-            axis.legend(fontsize=6)
+            axis.legend(fontsize=5)
     _save(figure, path)

@@ -11,23 +11,48 @@ from . import plots
 from .collect import COLUMNS, collect
 from .scaling import fit_scaling
 
+FLAG = "⚠"
+
+
+def _cell(r: dict[str, Any], column: str) -> str:
+    value = r[column]
+    if value is None:
+        return ""
+    if column.endswith("accuracy"):
+        return f"{value:.2%}"
+    if column in ("eps", "train_flops"):
+        return f"{value:.4g}"
+    return str(value)
+
 
 def _markdown(rows: Sequence[dict[str, Any]]) -> str:
-    shown = [c for c in COLUMNS if c not in ("grid", "path")]
+    """One table per grid; a flagged row's cell name carries a mark and a footnote with its reasons.
+
+    The mark sits on the cell name, not in a column of its own, so that a reader scanning the
+    accuracies cannot miss that a number should not be trusted (or compared) as it is.
+    """
+    shown = [c for c in COLUMNS if c not in ("grid", "path", "flagged")]
     lines = ["# genrobust results", ""]
+    notes: list[str] = []
     for grid in dict.fromkeys(r["grid"] for r in rows):
         lines += [f"## {grid}", "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
         for r in (r for r in rows if r["grid"] == grid):
-            cells = [f"{r[c]:.2%}" if c.endswith("accuracy") else ("" if r[c] is None else str(r[c])) for c in shown]
+            cells = [_cell(r, c) for c in shown]
+            if r["flagged"]:
+                notes.append(f"[^{len(notes) + 1}]: {grid}/{r['cell']}: " + "; ".join(r["notes"]))
+                cells[shown.index("cell")] = f"{FLAG} {r['cell']}[^{len(notes)}]"
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    if notes:
+        lines += [f"{FLAG} flagged: a failed sanity check (possible gradient masking) or a partial test set; "
+                  f"left out of the scaling fits.", ""] + notes + [""]
     return "\n".join(lines)
 
 
 def report(results_dir: Path, summary_csv: Path, summary_md: Path, scaling_json: Path, plots_dir: Path) -> None:
     rows, records = collect(results_dir)
     with io.atomic_path(summary_csv) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(handle, COLUMNS, lineterminator="\n", extrasaction="ignore")   # notes: Markdown only
         writer.writeheader()
         writer.writerows(rows)
     io.write_bytes(summary_md, _markdown(rows).encode())
@@ -37,4 +62,8 @@ def report(results_dir: Path, summary_csv: Path, summary_md: Path, scaling_json:
     plots.clean_vs_robust(rows, plots_dir / "clean_vs_robust.png")
     plots.training_curves(records, plots_dir / "training_curves.png")
     plots.scaling(fits, plots_dir / "scaling.png")
-    print(f"report: {len(rows)} results in {summary_csv}, {summary_md}, {scaling_json} and {plots_dir}/")
+    print(f"report: {len(rows)} results in {summary_csv}, {summary_md}, {scaling_json} and {plots_dir}/; "
+          f"{len(fits['groups'])} configurations fitted separately")
+    for r in (r for r in rows if r["flagged"]):
+        print(f"report: warning: {r['grid']}/{r['cell']} flagged and left out of the scaling fits: "
+              + "; ".join(r["notes"]))

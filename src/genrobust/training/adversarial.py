@@ -84,7 +84,8 @@ def length_for(cfg: dict[str, Any], n_generated: int) -> dict[str, Any]:
 
 
 def adv_train(settings: dict[str, Any], threat: str, train_path: Path, outputs: Outputs, work_dir: Path,
-              shard_dir: Path | None = None, labels_path: Path | None = None, num_generated: int | None = None) -> None:
+              shard_dir: Path | None = None, labels_path: Path | None = None, num_generated: int | None = None,
+              restart: bool = False) -> None:
     cfg, num_classes, seed = settings["adv_train"], settings["dataset"]["num_classes"], settings["seed"]
     attack = settings["threats"][threat]
     images, labels = load_real(train_path, num_classes)
@@ -110,7 +111,7 @@ def adv_train(settings: dict[str, Any], threat: str, train_path: Path, outputs: 
           f"available, {0 if validation is None else len(validation.labels)} held out), {cfg['loss']} at "
           f"{attack['norm']} eps={attack['eps']:.4g}", flush=True)
     model = new_model(cfg["model"], num_classes, images, seed)
-    result = fit(model, data, mixer, recipe, work_dir, validation=validation)
+    result = fit(model, data, mixer, recipe, work_dir, validation=validation, restart=restart)
     if not distributed.is_main():
         return
     meta = clock.meta(history=result.history, images_seen=recipe.total_steps * cfg["batch_size"], threat=threat,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data.transform import to_tensor
 from ..shards import ShardSet
 from .augment import crop_flip
 from .mixing import BatchMixer
@@ -22,10 +23,6 @@ class TrainingData:
     generated_index: np.ndarray | None = None     # mixer index -> global shard index (kept images only)
     generated_labels: np.ndarray | None = None    # pseudo-labels, aligned with generated_index
     flip: bool = True                             # mirror images at random (datasets.<name>.flip)
-
-
-def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2))).to(device).float().div_(255)
 
 
 def interleave(n_real: int, n_generated: int) -> np.ndarray:

@@ -26,15 +26,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .. import distributed, io
+from .. import distributed
 from ..attacks.pgd import accuracy, robust_accuracy
+from ..data.transform import to_tensor
 from ..errors import UserError
-from .batches import TrainingData, make_batch, to_tensor
+from ..resume import StateFile
+from .batches import TrainingData, make_batch
 from .batchnorm import set_momentum
 from .ema import EMA
 from .losses import pgd_at_loss, trades_loss
 from .mixing import BatchMixer
 from .schedule import cosine, one_cycle
+
+STATE_NAME = "state.pt"
+STATE_KEYS = ("key", "step", "model", "optimizer", "ema", "history", "best")
 
 
 @dataclass(frozen=True)
@@ -165,8 +170,9 @@ def _describe(row: dict[str, Any]) -> str:
 
 
 def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe, work_dir: Path,
-        log: Callable[[str], None] | None = None, validation: Validation | None = None) -> FitResult:
-    """Train to recipe.total_steps, resuming from work_dir/state.pt.
+        log: Callable[[str], None] | None = None, validation: Validation | None = None,
+        restart: bool = False) -> FitResult:
+    """Train to recipe.total_steps, resuming from work_dir/state.pt (see `resume`) unless `restart`.
 
     Under torchrun each of the W processes takes every W-th image of the same global batch and
     DistributedDataParallel averages the gradients, so the step equals the single-process one
@@ -188,23 +194,22 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
     optimizer = make_optimizer(model, recipe)
     ema = EMA(model, recipe.ema_decay, recipe.warmup_fraction * recipe.total_steps) \
         if recipe.ema_decay is not None else None
-    state_path = Path(work_dir) / "state.pt"
+    state_file = StateFile(Path(work_dir) / STATE_NAME, STATE_KEYS, weights_only=False)
     step, history, best = 0, [], None
     main = distributed.is_main()
     bar = tqdm(total=recipe.total_steps, unit="step", disable=not main, file=sys.stderr,
                mininterval=1 if sys.stderr.isatty() else 30, dynamic_ncols=True)
     log = (log or bar.write) if main else (lambda _: None)
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        if state["key"] == recipe.key():
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            step, history, best = state["step"], state["history"], state["best"]
-            log(f"resuming from {state_path} at step {step}/{recipe.total_steps}")
-        else:
-            log(f"ignoring {state_path}: it was made with other settings")
+    resumed = state_file.load(lambda state: None if state["key"] == recipe.key() else "made with other settings",
+                              log, restart)
+    if resumed is not None:
+        state_path, state = resumed
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        step, history, best = state["step"], state["history"], state["best"]
+        log(f"resuming from {state_path} at step {step}/{recipe.total_steps}")
     bar.update(step)
     steps_per_epoch = recipe.epoch_steps or mixer.steps_per_epoch()
     seen_loss, seen, started = 0.0, 0, time.perf_counter()
@@ -234,11 +239,9 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
             model.train()
             history.append(row)
             log(_describe(row))
-            if main:
-                with io.atomic_path(state_path) as tmp:
-                    torch.save({"key": recipe.key(), "step": step, "model": model.state_dict(),
-                                "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema else None,
-                                "history": history, "best": best}, tmp)
+            state_file.save({"key": recipe.key(), "step": step, "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema else None,
+                             "history": history, "best": best})
             seen_loss, seen, started = 0.0, 0, time.perf_counter()
     bar.close()
     last = (ema.model if ema is not None else model).eval()

@@ -13,7 +13,8 @@ from .loop import Recipe, TrainingData, fit
 from .mixing import BatchMixer
 
 
-def train_classifier(settings: dict[str, Any], train_path: Path, model_out: Path, work_dir: Path) -> None:
+def train_classifier(settings: dict[str, Any], train_path: Path, model_out: Path, work_dir: Path,
+                     restart: bool = False) -> None:
     clock = StageClock("train_classifier", read_meta(io.open_npz(train_path)))
     cfg, num_classes, seed = settings["classifier"], settings["dataset"]["num_classes"], settings["seed"]
     images, labels = load_real(train_path, num_classes)
@@ -22,7 +23,8 @@ def train_classifier(settings: dict[str, Any], train_path: Path, model_out: Path
     recipe = Recipe(loss="ce", total_steps=cfg["epochs"] * mixer.steps_per_epoch(), lr=cfg["lr"], momentum=0.9,
                     nesterov=True, weight_decay=cfg["weight_decay"], warmup_fraction=0.025, ema_decay=None, seed=seed,
                     **speed_options(cfg))
-    result = fit(model, TrainingData(images, labels, flip=settings["dataset"].get("flip", False)), mixer, recipe, work_dir)
+    result = fit(model, TrainingData(images, labels, flip=settings["dataset"].get("flip", False)), mixer, recipe, work_dir,
+                 restart=restart)
     if distributed.is_main():
         save_classifier(model_out, result.last, cfg["model"], num_classes,
                         clock.meta(history=result.history, images_seen=recipe.total_steps * cfg["batch_size"]))
