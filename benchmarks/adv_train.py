@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from genrobust.attacks.threat import Threat
 from genrobust.models.checkpoint import build_classifier
 from genrobust.report.flops import trades_step_flops
 from genrobust.training.ema import EMA
@@ -85,7 +86,7 @@ def reference_arm(path: str, depth: int, width: int, x: torch.Tensor, y: torch.T
 def ours_arm(spec: dict, x: torch.Tensor, y: torch.Tensor, attack_steps: int, device: torch.device,
              **options: bool) -> tuple[torch.nn.Module, Callable[[], float]]:
     """train_step with the paper recipe: what adv_train runs per batch."""
-    recipe = Recipe("trades", 400 * 98, 0.2, 0.9, True, 5e-4, 0.025, 0.995, 0, "Linf", 8 / 255, 2 / 255,
+    recipe = Recipe("trades", 400 * 98, 0.2, 0.9, True, 5e-4, 0.025, 0.995, 0, Threat("Linf", 8 / 255, 2 / 255),
                     attack_steps, 5.0, 0.1, schedule="cosinew", bn_momentum=0.01, trades_attack="batch", **options)
     torch.manual_seed(0)
     model = build_classifier(spec, 10, [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]).to(device)

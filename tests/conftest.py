@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from genrobust import config, io
+from genrobust.attacks.threat import Threat
 
+LINF = Threat("Linf", 8 / 255, 2 / 255)     # the papers' CIFAR-10 Linf threat
 ROOT = Path(__file__).resolve().parents[1]
 
 PROJECT = ["Snakefile", "workflow", "envs", "params.yaml", "dvc.yaml", ".dvcignore", ".dvc", ".gitignore", "Makefile",

@@ -13,12 +13,12 @@ import torch
 
 from genrobust.attacks.pgd import robust_accuracy
 from genrobust.data.sources import digits
-from genrobust.training.common import new_model
 from genrobust.data.transform import to_tensor
+from genrobust.training.common import new_model
 from genrobust.training.loop import Recipe, TrainingData, fit
 from genrobust.training.mixing import BatchMixer
 
-from .conftest import ENV, ROOT, write_images
+from .conftest import ENV, LINF, ROOT, write_images
 
 SHORT = ["presets.smoke.adv_train.epochs=5", "presets.smoke.adv_train.epoch_images=384",
          "presets.smoke.adv_train.validation.every=1",
@@ -69,12 +69,12 @@ def test_adversarial_training_on_digits_beats_standard_training_under_attack(tmp
     spec = {"arch": "wrn", "depth": 10, "width": 1, "activation": "silu"}
     accuracy = {}
     for loss in ("ce", "trades"):
-        recipe = Recipe(loss, 80, 0.1, 0.9, True, 5e-4, 0.1, 0.99, 0, "Linf", 8 / 255, 2 / 255, 3, 5.0)
+        recipe = Recipe(loss, 80, 0.1, 0.9, True, 5e-4, 0.1, 0.99, 0, LINF, 3, 5.0)
         model = fit(new_model(spec, 10, train_x, 0), TrainingData(train_x, train_y),
                     BatchMixer(len(train_x), 0, 64, 0.0, 0), recipe, tmp_path / loss, log=lambda _: None).last
         with torch.no_grad():
             clean = float((model(x).argmax(1) == y).float().mean())
         torch.manual_seed(0)
-        accuracy[loss] = (clean, robust_accuracy(model, x, y, "Linf", 8 / 255, 2 / 255, 10))
+        accuracy[loss] = (clean, robust_accuracy(model, x, y, LINF, 10))
     assert accuracy["trades"][0] > 0.6, accuracy                      # it still classifies clean digits
     assert accuracy["trades"][1] > accuracy["ce"][1] + 0.2, accuracy  # measured: 0.625 vs 0.165

@@ -14,6 +14,8 @@ from torch import nn
 from genrobust.training.loop import Recipe, TrainingData, fit
 from genrobust.training.mixing import BatchMixer
 
+from .conftest import LINF
+
 TOLERANCE = 1e-5   # float32 reduction order differs between one process and two
 
 
@@ -31,7 +33,7 @@ def _model() -> nn.Module:
                          nn.Linear(4, 3))
 
 
-RECIPE = Recipe("trades", 12, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, "Linf", 8 / 255, 2 / 255, 2, 5.0)
+RECIPE = Recipe("trades", 12, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, LINF, 2, 5.0)
 
 
 def _train(work: Path) -> dict[str, torch.Tensor]:

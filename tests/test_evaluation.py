@@ -10,6 +10,7 @@ import torch
 from pyautoattack import AutoAttack
 from torch import nn
 
+from genrobust.attacks.threat import Threat
 from genrobust.errors import UserError
 from genrobust.evaluation.autoattack import run_autoattack
 from genrobust.evaluation.evaluate import evaluate
@@ -36,7 +37,7 @@ def test_adapter_matches_calling_pyautoattack_directly() -> None:
     x, y = torch.rand(12, 3, 32, 32), torch.randint(0, 10, (12,))
     with torch.no_grad():
         y[:6] = model(x[:6]).argmax(1)                  # some points start correct
-    ours = run_autoattack(model, x, y, "Linf", 2 / 255, "custom", ["apgd-ce"], 12, seed=0)
+    ours = run_autoattack(model, x, y, Threat("Linf", 2 / 255, 0.5 / 255), "custom", ["apgd-ce"], 12, seed=0)
     direct = AutoAttack(model, norm="Linf", eps=2 / 255, version="custom", attacks=["apgd-ce"], seed=0)
     x_adv, _ = direct.run_standard_evaluation(x, y, batch_size=12)
     with torch.no_grad():
@@ -52,7 +53,7 @@ def test_nan_logits_stop_the_evaluation() -> None:
             return torch.full((len(x), 10), float("nan"))
 
     with pytest.raises(UserError, match="NaN or infinite logits"):
-        run_autoattack(Broken(), torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), "Linf", 0.03,
+        run_autoattack(Broken(), torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), Threat("Linf", 0.03, 0.01),
                        "custom", ["apgd-ce"], 2, seed=0)
 
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 from torch import nn
 
+from genrobust.attacks.threat import Threat
 from genrobust.models.wideresnet import WideResNet
 from genrobust.training.ema import EMA
 from genrobust.training.loop import Recipe, make_optimizer, train_step
@@ -29,7 +30,7 @@ from genrobust.training.schedule import one_cycle
 
 FIGURES = json.loads((Path(__file__).parent / "golden" / "dm_improves_at_b390f25d.json").read_text())
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)   # the reference's WRN constants
-THREATS = {"linf": ("Linf", 8 / 255, 2 / 255), "l2": ("L2", 128 / 255, 15 / 255)}
+THREATS = {"linf": Threat("Linf", 8 / 255, 2 / 255), "l2": Threat("L2", 128 / 255, 15 / 255)}
 STEPS_PER_EPOCH = math.ceil(50_000 / FIGURES["batch"])     # core/data/semisup.py: ceil(dataset_size / batch)
 REL = 1e-5
 
@@ -64,8 +65,7 @@ def test_initialisation_is_the_reference_one_for_the_same_seed() -> None:
 
 
 def _run(loss: str, threat: str) -> tuple[nn.Module, EMA, list[float], torch.Tensor, Recipe]:
-    norm, eps, step_size = THREATS[threat]
-    recipe = Recipe(loss, 400 * STEPS_PER_EPOCH, 0.2, 0.9, True, 5e-4, 0.025, 0.995, 1, norm, eps, step_size,
+    recipe = Recipe(loss, 400 * STEPS_PER_EPOCH, 0.2, 0.9, True, 5e-4, 0.025, 0.995, 1, THREATS[threat],
                     FIGURES["attack_steps"], 5.0, 0.1, schedule="cosinew", bn_momentum=0.01, trades_attack="batch")
     model = _model()
     optimizer, ema = make_optimizer(model, recipe), EMA(model, 0.995, warmup_steps=0.0)
@@ -74,7 +74,7 @@ def _run(loss: str, threat: str) -> tuple[nn.Module, EMA, list[float], torch.Ten
     losses = []
     for step, (x, y) in enumerate(_batches()):
         torch.manual_seed(100 + step)
-        if loss == "trades" and norm == "L2":
+        if loss == "trades" and THREATS[threat].norm == "L2":
             torch.empty(x.shape).uniform_()    # the reference draws (and drops) a Linf start before its L2 one
         losses.append(train_step(model, model, optimizer, ema, x, y, step, recipe, STEPS_PER_EPOCH))
     return model, ema, losses, inputs[len(inputs) // len(losses) - 1], recipe

@@ -10,15 +10,17 @@ import torch
 from torch import nn
 
 from genrobust.data.sources import digits
+from genrobust.data.transform import to_tensor
 from genrobust.errors import UserError
 from genrobust.evaluation.autoattack import run_autoattack
 from genrobust.evaluation.model_info import model_info
 from genrobust.evaluation.result_schema import validate_result
 from genrobust.evaluation.sanity import sanity_checks
 from genrobust.training.common import new_model
-from genrobust.data.transform import to_tensor
 from genrobust.training.loop import Recipe, TrainingData, fit
 from genrobust.training.mixing import BatchMixer
+
+from .conftest import LINF
 
 
 class Quantised(nn.Module):
@@ -46,8 +48,8 @@ def digits_model(tmp_path_factory) -> tuple[nn.Module, torch.Tensor, torch.Tenso
 def test_sanity_checks_fire_on_a_gradient_masked_model_only(digits_model, masked: bool) -> None:
     model, x, y = digits_model
     model = Quantised(model).eval() if masked else model
-    attack = run_autoattack(model, x, y, "Linf", 8 / 255, "custom", ["apgd-ce"], 64, 0)
-    sanity = sanity_checks(model, x, y, "Linf", 8 / 255, attack.clean_accuracy, attack.robust_accuracy, 64, 0)
+    attack = run_autoattack(model, x, y, LINF, "custom", ["apgd-ce"], 64, 0)
+    sanity = sanity_checks(model, x, y, LINF, attack.clean_accuracy, attack.robust_accuracy, 64, 0)
     failed = {name for name, check in sanity["checks"].items() if not check["passed"]}
     if masked:     # PGD cannot move the rounded input: no fall at 2 eps, AutoAttack close to clean
         assert {"pgd_falls_when_eps_doubles", "robust_plausibly_below_clean"} <= failed, sanity

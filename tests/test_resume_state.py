@@ -23,10 +23,10 @@ from genrobust.errors import UserError
 from genrobust.training.loop import FitResult, Recipe, TrainingData, fit
 from genrobust.training.mixing import BatchMixer
 
-from .conftest import ROOT, write_images
+from .conftest import LINF, ROOT, write_images
 
 GARBAGE = b"\x00not a torch file\xff" * 64
-RECIPE = Recipe("trades", 16, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, "Linf", 8 / 255, 2 / 255, 2, 5.0, epoch_steps=4)
+RECIPE = Recipe("trades", 16, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, LINF, 2, 5.0, epoch_steps=4)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,10 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrobust.attacks.pgd import pgd, project
+from genrobust.attacks.threat import Threat
 from genrobust.training.ema import EMA
 from genrobust.training.losses import pgd_at_loss, trades_loss
 from genrobust.training.loop import Recipe, TrainingData, Validation, fit
 from genrobust.training.mixing import BatchMixer
+
+from .conftest import LINF
 
 
 def test_mixer_counts_and_every_real_image_once_per_pass() -> None:
@@ -47,7 +50,7 @@ def test_pgd_stays_in_the_ball_and_the_box(norm: str, eps: float) -> None:
     x[0] = 0.0
     x[1] = 1.0
     y = torch.randint(0, 3, (16,))
-    adv = pgd(model, x, y, norm, eps, eps / 4, 10)
+    adv = pgd(model, x, y, Threat(norm, eps, eps / 4), 10)
     delta = (adv - x).flatten(1)
     bound = delta.abs().max(1).values if norm == "Linf" else delta.norm(dim=1)
     assert (bound <= eps + 1e-6).all() and adv.min() >= 0 and adv.max() <= 1
@@ -60,26 +63,28 @@ def test_losses_match_hand_computation_at_zero_radius() -> None:
     x, y = torch.rand(8, 3, 2, 2), torch.randint(0, 3, (8,))
     expected = F.cross_entropy(model(x), y, label_smoothing=0.1)
     for trades_attack in ("batch", "eval"):
-        trades = trades_loss(model, x, y, "Linf", 0.0, 0.01, 3, beta=5.0, label_smoothing=0.1,
+        trades = trades_loss(model, x, y, Threat("Linf", 0.0, 0.01), 3, beta=5.0, label_smoothing=0.1,
                              trades_attack=trades_attack)
         assert torch.allclose(trades, expected, atol=1e-6)
-    assert torch.allclose(pgd_at_loss(model, x, y, "Linf", 0.0, 0.01, 3), F.cross_entropy(model(x), y), atol=1e-6)
+    assert torch.allclose(pgd_at_loss(model, x, y, Threat("Linf", 0.0, 0.01), 3), F.cross_entropy(model(x), y),
+                          atol=1e-6)
 
 
 def test_trades_kl_term_by_hand() -> None:
     model = _linear_model()
     x, y = torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,))
     torch.manual_seed(5)
-    loss = trades_loss(model, x, y, "Linf", 0.1, 0.05, 2, beta=2.0, trades_attack="eval")
+    threat = Threat("Linf", 0.1, 0.05)
+    loss = trades_loss(model, x, y, threat, 2, beta=2.0, trades_attack="eval")
     torch.manual_seed(5)
     with torch.no_grad():
         clean = F.softmax(model(x), 1)
-    start = project(x + 0.001 * torch.randn_like(x), x, "Linf", 0.1)
+    start = project(x + 0.001 * torch.randn_like(x), x, threat)
     adv = start
     for _ in range(2):
         adv = adv.detach().requires_grad_(True)
         grad, = torch.autograd.grad(F.kl_div(F.log_softmax(model(adv), 1), clean, reduction="sum"), adv)
-        adv = project(adv + 0.05 * grad.sign(), x, "Linf", 0.1)
+        adv = project(adv + 0.05 * grad.sign(), x, threat)
     p, q = F.softmax(model(x), 1), F.softmax(model(adv), 1)
     by_hand = F.cross_entropy(model(x), y) + 2.0 * (p * (p.log() - q.log())).sum() / 4
     assert torch.allclose(loss, by_hand, atol=1e-5)
@@ -118,7 +123,7 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path) -> None:
         return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                              nn.Linear(4, 2))
 
-    full = Recipe("trades", 16, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, "Linf", 8 / 255, 2 / 255, 2, 5.0)
+    full = Recipe("trades", 16, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, LINF, 2, 5.0)
     reference = fit(model(), data, mixer, full, tmp_path / "a", log=lambda _: None)
     history = reference.history
     assert [row["step"] for row in history] == [4, 8, 12, 16]
@@ -156,7 +161,7 @@ def _three_class_data(count: int = 48) -> TrainingData:
 
 def test_gradient_accumulation_matches_one_large_batch(tmp_path) -> None:
     """Four micro-batches of 4 give the step of one batch of 16 (no batch norm, so only float order differs)."""
-    recipe = Recipe("trades", 6, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, "Linf", 8 / 255, 2 / 255, 2, 5.0)
+    recipe = Recipe("trades", 6, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, LINF, 2, 5.0)
     mixer = BatchMixer(48, 0, 16, 0.0, seed=0)
     whole = fit(_no_batchnorm_model(), _three_class_data(), mixer, recipe, tmp_path / "a", log=lambda _: None)
     pieces = fit(_no_batchnorm_model(), _three_class_data(), mixer, replace(recipe, accumulation_steps=4),
@@ -170,7 +175,7 @@ def test_validation_keeps_the_epoch_with_the_best_held_out_robust_accuracy(tmp_p
     data = _three_class_data(60)
     held_out = Validation(data.real_images[:12], data.real_labels[:12], every=1, attack_steps=3)
     train = TrainingData(data.real_images[12:], data.real_labels[12:])
-    recipe = Recipe("trades", 12, 0.2, 0.9, True, 5e-4, 0.1, 0.9, 0, "Linf", 8 / 255, 2 / 255, 2, 5.0, epoch_steps=2)
+    recipe = Recipe("trades", 12, 0.2, 0.9, True, 5e-4, 0.1, 0.9, 0, LINF, 2, 5.0, epoch_steps=2)
     result = fit(_no_batchnorm_model(), train, BatchMixer(48, 0, 12, 0.0, seed=0), recipe, tmp_path,
                  log=lambda _: None, validation=held_out)
     scores = [row["val_robust_accuracy"] for row in result.history]

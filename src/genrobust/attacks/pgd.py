@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .threat import Threat
+
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -15,49 +17,45 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
 
 
-def project(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+def project(x_adv: torch.Tensor, x: torch.Tensor, threat: Threat) -> torch.Tensor:
     """A point within eps of x and inside the pixel box.
 
     Linf: the nearest one. L2: into the box first, then scaled back to the sphere, as the
     reference implementations do (scaling towards x cannot leave the box, which holds x).
     """
-    if norm == "Linf":
-        return (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0)
-    if norm != "L2":
-        raise ValueError(f"unknown norm {norm!r}; expected Linf or L2")
+    if threat.norm == "Linf":
+        return (x + (x_adv - x).clamp(-threat.eps, threat.eps)).clamp(0.0, 1.0)
     delta = x_adv.clamp(0.0, 1.0) - x
-    return x + delta * (eps / _flat_norm(delta)).clamp(max=1.0)
+    return x + delta * (threat.eps / _flat_norm(delta)).clamp(max=1.0)
 
 
-def ascend(x_adv: torch.Tensor, grad: torch.Tensor, norm: str, step_size: float) -> torch.Tensor:
-    if norm == "Linf":
-        return x_adv + step_size * grad.sign()
-    return x_adv + step_size * grad / _flat_norm(grad)
+def ascend(x_adv: torch.Tensor, grad: torch.Tensor, threat: Threat) -> torch.Tensor:
+    if threat.norm == "Linf":
+        return x_adv + threat.step_size * grad.sign()
+    return x_adv + threat.step_size * grad / _flat_norm(grad)
 
 
-def random_start(x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+def random_start(x: torch.Tensor, threat: Threat) -> torch.Tensor:
     """Uniform in the Linf ball; for L2, towards a uniformly random image, cut at eps (DM-Improves-AT's PGD)."""
-    if norm == "Linf":
-        return project(x + torch.empty_like(x).uniform_(-eps, eps), x, norm, eps)
-    return project(torch.rand_like(x), x, norm, eps)
+    if threat.norm == "Linf":
+        return project(x + torch.empty_like(x).uniform_(-threat.eps, threat.eps), x, threat)
+    return project(torch.rand_like(x), x, threat)
 
 
-def maximise(loss_fn: LossFn, x: torch.Tensor, start: torch.Tensor, norm: str, eps: float, step_size: float,
-             steps: int) -> torch.Tensor:
+def maximise(loss_fn: LossFn, x: torch.Tensor, start: torch.Tensor, threat: Threat, steps: int) -> torch.Tensor:
     """Gradient ascent on loss_fn(x_adv) from `start`, projecting after every step."""
     x_adv = start.detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         grad, = torch.autograd.grad(loss_fn(x_adv), x_adv)
-        x_adv = project(ascend(x_adv.detach(), grad, norm, step_size), x, norm, eps).detach()
+        x_adv = project(ascend(x_adv.detach(), grad, threat), x, threat).detach()
     return x_adv
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step_size: float,
-        steps: int) -> torch.Tensor:
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, steps: int) -> torch.Tensor:
     """Madry et al.'s PGD on cross-entropy with a random start."""
-    return maximise(lambda adv: F.cross_entropy(model(adv), y, reduction="sum"), x, random_start(x, norm, eps),
-                    norm, eps, step_size, steps)
+    return maximise(lambda adv: F.cross_entropy(model(adv), y, reduction="sum"), x, random_start(x, threat),
+                    threat, steps)
 
 
 @torch.no_grad()
@@ -69,13 +67,13 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 @torch.no_grad()
-def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step_size: float,
-                    steps: int, batch_size: int = 256) -> float:
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, steps: int,
+                    batch_size: int = 256) -> float:
     """PGD accuracy of a model in eval mode, batched."""
     correct = 0
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         with torch.enable_grad():
-            adv = pgd(model, xb, yb, norm, eps, step_size, steps)
+            adv = pgd(model, xb, yb, threat, steps)
         correct += int((model(adv).argmax(1) == yb).sum())
     return correct / max(len(x), 1)

@@ -16,6 +16,7 @@ from pyautoattack import AutoAttack
 from torch import nn
 
 from ..attacks.pgd import accuracy
+from ..attacks.threat import Threat
 from ..errors import UserError
 
 _AFTER = re.compile(r"robust accuracy after (\S+): ([\d.]+)%")
@@ -57,12 +58,12 @@ class _CheckedLogits(nn.Module):
         return logits
 
 
-def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, version: str,
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, version: str,
                    attacks: list[str] | None, batch_size: int, seed: int, source: str = "the model") -> AttackResult:
     """`source` names the model in errors (its checkpoint file)."""
     checked = _CheckedLogits(model, source).eval()
     clean = accuracy(checked, x, y, batch_size)
-    adversary = AutoAttack(checked, norm=norm, eps=eps, version=version, seed=seed, device=x.device,
+    adversary = AutoAttack(checked, norm=threat.norm, eps=threat.eps, version=version, seed=seed, device=x.device,
                            attacks=attacks if version == "custom" else None)
     num_classes = int(checked(x[:1]).shape[1])
     # Targeted attacks aim at the top-9 other classes; a dataset with fewer classes has fewer targets.

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import io
+from ..attacks.threat import Threat
 from ..data.transform import to_tensor
 from ..distributed import device
 from ..errors import UserError
@@ -60,10 +61,11 @@ def evaluate(settings: dict[str, Any], threat: str, checkpoint: Path, test_path:
     n = _points(cfg, len(images), test_path)
     x, y = to_tensor(images[:n], device()), torch.from_numpy(np.array(labels[:n])).to(device())
     started = time.perf_counter()
-    result = run_autoattack(model, x, y, attack["norm"], attack["eps"], cfg["version"],
+    threat_model = Threat.from_params(attack)
+    result = run_autoattack(model, x, y, threat_model, cfg["version"],
                             cfg["attacks"] if cfg["version"] == "custom" else None, cfg["batch_size"], settings["seed"],
                             source=str(checkpoint))
-    sanity = sanity_checks(model, x, y, attack["norm"], attack["eps"], result.clean_accuracy, result.robust_accuracy,
+    sanity = sanity_checks(model, x, y, threat_model, result.clean_accuracy, result.robust_accuracy,
                            cfg["batch_size"], settings["seed"])
     meta = ckpt["meta"]
     stages = clock.meta()

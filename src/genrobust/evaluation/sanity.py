@@ -10,12 +10,14 @@ they do not stop the stage, because a reviewer should see the number and the dou
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..attacks.pgd import robust_accuracy
+from ..attacks.threat import Threat
 
 PGD_STEPS = 20
 PGD_SLACK = 0.10            # PGD-20 may exceed AutoAttack by this much before masking is suspected
@@ -26,13 +28,14 @@ def _check(passed: bool, detail: str) -> dict[str, Any]:
     return {"passed": bool(passed), "detail": detail}
 
 
-def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, clean: float,
+def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, clean: float,
                   autoattack: float, batch_size: int, seed: int) -> dict[str, Any]:
     """PGD-20 at eps and 2 eps (step eps/4, random start), compared with the clean and AutoAttack accuracy."""
+    eps = threat.eps
     torch.manual_seed(seed)
-    pgd = robust_accuracy(model, x, y, norm, eps, eps / 4, PGD_STEPS, batch_size)
+    pgd = robust_accuracy(model, x, y, replace(threat, step_size=eps / 4), PGD_STEPS, batch_size)
     torch.manual_seed(seed)
-    pgd_double = robust_accuracy(model, x, y, norm, 2 * eps, eps / 2, PGD_STEPS, batch_size)
+    pgd_double = robust_accuracy(model, x, y, replace(threat, eps=2 * eps, step_size=eps / 2), PGD_STEPS, batch_size)
     one_point = 1 / len(x)
     checks = {
         "autoattack_at_most_pgd": _check(autoattack <= pgd + one_point,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import distributed, io
+from ..attacks.threat import Threat
 from ..errors import UserError
 from ..models.checkpoint import save_classifier
 from ..provenance import StageClock, read_meta
@@ -102,7 +103,7 @@ def adv_train(settings: dict[str, Any], threat: str, train_path: Path, outputs: 
     recipe = Recipe(loss=cfg["loss"], total_steps=cfg["epochs"] * epoch_steps, lr=cfg["lr"],
                     momentum=cfg["momentum"], nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"],
                     warmup_fraction=cfg["warmup_fraction"], ema_decay=cfg["ema_decay"], seed=seed,
-                    norm=attack["norm"], eps=attack["eps"], step_size=attack["step_size"],
+                    threat=Threat.from_params(attack),
                     attack_steps=cfg["attack_steps"], beta=cfg["beta"], label_smoothing=cfg["label_smoothing"],
                     epoch_steps=epoch_steps, accumulation_steps=cfg["accumulation_steps"], schedule=cfg["schedule"],
                     bn_momentum=cfg["bn_momentum"], trades_attack=cfg["trades_attack"], **speed_options(cfg))

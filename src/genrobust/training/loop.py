@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..attacks.pgd import accuracy, robust_accuracy
+from ..attacks.threat import Threat
 from ..data.transform import to_tensor
 from ..errors import UserError
 from ..resume import StateFile
@@ -53,9 +54,7 @@ class Recipe:
     warmup_fraction: float          # of training: learning-rate warm-up, and the EMA's copy-only phase
     ema_decay: float | None
     seed: int
-    norm: str = "Linf"
-    eps: float = 0.0
-    step_size: float = 0.0
+    threat: Threat | None = None    # None: standard training (loss ce)
     attack_steps: int = 0
     beta: float = 0.0
     label_smoothing: float = 0.0    # TRADES' natural term and plain CE training (PGD-AT takes plain CE)
@@ -93,8 +92,7 @@ class Validation:
         x, y = to_tensor(self.images, device), torch.from_numpy(self.labels).to(device)
         clean = accuracy(model, x, y, self.batch_size)
         torch.manual_seed(recipe.seed)      # the same random starts at every validation
-        robust = robust_accuracy(model, x, y, recipe.norm, recipe.eps, recipe.step_size, self.attack_steps,
-                                 self.batch_size)
+        robust = robust_accuracy(model, x, y, recipe.threat, self.attack_steps, self.batch_size)
         return {"val_clean_accuracy": clean, "val_robust_accuracy": robust}
 
 
@@ -121,10 +119,10 @@ def _loss(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor
     if recipe.loss == "ce":
         return F.cross_entropy(trained(x), y, label_smoothing=recipe.label_smoothing)
     if recipe.loss == "trades":
-        return trades_loss(model, x, y, recipe.norm, recipe.eps, recipe.step_size, recipe.attack_steps,
-                           recipe.beta, recipe.label_smoothing, trained, recipe.trades_attack)
+        return trades_loss(model, x, y, recipe.threat, recipe.attack_steps, recipe.beta, recipe.label_smoothing,
+                           trained, recipe.trades_attack)
     if recipe.loss == "pgd":
-        return pgd_at_loss(model, x, y, recipe.norm, recipe.eps, recipe.step_size, recipe.attack_steps, trained)
+        return pgd_at_loss(model, x, y, recipe.threat, recipe.attack_steps, trained)
     raise ValueError(f"unknown loss {recipe.loss!r}")
 
 

@@ -15,18 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.pgd import maximise, pgd
+from ..attacks.threat import Threat
 from .batchnorm import frozen_statistics
 
 TRADES_ATTACKS = ("batch", "eval")
 
 
-def _trades_start(x: torch.Tensor, norm: str, eps: float, trades_attack: str) -> torch.Tensor:
-    if norm == "Linf" and trades_attack == "batch":
-        return (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0.0, 1.0)
+def _trades_start(x: torch.Tensor, threat: Threat, trades_attack: str) -> torch.Tensor:
+    if threat.norm == "Linf" and trades_attack == "batch":
+        return (x + torch.empty_like(x).uniform_(-threat.eps, threat.eps)).clamp(0.0, 1.0)
     return x + 0.001 * torch.randn_like(x)
 
 
-def trades_adversary(model: nn.Module, x: torch.Tensor, norm: str, eps: float, step_size: float, steps: int,
+def trades_adversary(model: nn.Module, x: torch.Tensor, threat: Threat, steps: int,
                      trades_attack: str = "batch") -> torch.Tensor:
     """x_adv maximising KL(f(x) || f(x_adv)) in the eps-ball; leaves the model in train mode."""
     if trades_attack not in TRADES_ATTACKS:
@@ -35,17 +36,17 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, norm: str, eps: float, s
     with frozen_statistics(model):
         with torch.no_grad():
             clean_probs = F.softmax(model(x), dim=1)
-        start = _trades_start(x, norm, eps, trades_attack)
-        if norm == "L2":
-            step_size = 2 * eps / steps
+        start = _trades_start(x, threat, trades_attack)
+        if threat.norm == "L2":
+            threat = threat.with_step(2 * threat.eps / steps)
         x_adv = maximise(lambda adv: F.kl_div(F.log_softmax(model(adv), dim=1), clean_probs, reduction="sum"),
-                         x, start, norm, eps, step_size, steps)
+                         x, start, threat, steps)
     model.train()
     return x_adv
 
 
-def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step_size: float,
-                steps: int, beta: float, label_smoothing: float = 0.0, trained: nn.Module | None = None,
+def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, steps: int, beta: float,
+                label_smoothing: float = 0.0, trained: nn.Module | None = None,
                 trades_attack: str = "batch") -> torch.Tensor:
     """CE(f(x), y) + beta * KL(f(x) || f(x_adv)).
 
@@ -54,7 +55,7 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, e
     `trained` is the module the final loss goes through (the DistributedDataParallel wrapper
     under torchrun): the attack's own backward passes must not trigger gradient all-reduces.
     """
-    x_adv = trades_adversary(model, x, norm, eps, step_size, steps, trades_attack)
+    x_adv = trades_adversary(model, x, threat, steps, trades_attack)
     final = model if trained is None else trained
     clean_logits, adv_logits = final(x), final(x_adv)
     natural = F.cross_entropy(clean_logits, y, label_smoothing=label_smoothing)
@@ -62,10 +63,10 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, e
     return natural + beta * robust
 
 
-def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, step_size: float,
-                steps: int, trained: nn.Module | None = None) -> torch.Tensor:
+def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, steps: int,
+                trained: nn.Module | None = None) -> torch.Tensor:
     """Plain cross-entropy on PGD examples found in eval mode, as the reference's Madry et al. step."""
     model.eval()
-    x_adv = pgd(model, x, y, norm, eps, step_size, steps)
+    x_adv = pgd(model, x, y, threat, steps)
     model.train()
     return F.cross_entropy((model if trained is None else trained)(x_adv), y)
