@@ -72,19 +72,20 @@ def test_a_configfile_replans_only_what_it_changes(snakemake_project: Path, tmp_
     values and a float without a dot (1e-6) arrive typed, as YAML 1.2 reads them."""
     project = tmp_path / "project"
     shutil.copytree(snakemake_project, project, symlinks=True)
-    (project / "my.yaml").write_text("evaluate:\n  n_examples: 32\n")
+    # digits runs the smoke preset, whose evaluate section sets n_examples: the preset's key is the one to change.
+    (project / "my.yaml").write_text("presets:\n  smoke:\n    evaluate:\n      n_examples: 32\n")
     # --configfile and --config take several values: the target goes first (after them it would be read as one).
     plan = parse_dry_run(run(["snakemake", "-n", "-p", "--cores", "2", TARGET, "--configfile", "my.yaml"],
                              project).stdout)
     assert set(plan) == {"evaluate"}, plan
-    assert "--set=evaluate.n_examples=32" in plan["evaluate"][0]["shell"]
+    assert "--set=presets.smoke.evaluate.n_examples=32" in plan["evaluate"][0]["shell"]
     run(["snakemake", "--cores", "2", TARGET, "--configfile", "my.yaml"], project)
     assert json.loads((project / TARGET).read_text())["n_examples"] == 32
-    nested = ["--config", 'evaluate={"n_examples": 16}', 'gaussian={"rank_tolerance": 1e-6}']
+    nested = ["--config", 'presets={"smoke": {"evaluate": {"n_examples": 16}}}', 'gaussian={"rank_tolerance": 1e-6}']
     plan = parse_dry_run(run(["snakemake", "-n", "-p", "--cores", "2", TARGET, "--configfile", "my.yaml", *nested],
                              project).stdout)
     assert set(plan) == {"evaluate"}, plan                 # the Gaussian baseline is not part of this target
-    assert "--set=evaluate.n_examples=16" in plan["evaluate"][0]["shell"]
+    assert "--set=presets.smoke.evaluate.n_examples=16" in plan["evaluate"][0]["shell"]
 
 
 @pytest.mark.e2e
