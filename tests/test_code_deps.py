@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
-
-import yaml
 
 from genrobust import code_deps
 
 from .conftest import ROOT
 
 
-def _stages() -> dict[str, list[str]]:
-    """CLI stage -> the src/ dependencies every dvc.yaml stage running it lists (all must agree)."""
-    found: dict[str, list[str]] = {}
-    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
-        body = stage.get("do", stage)
-        cli = re.search(r"python -m genrobust (\w+)", body["cmd"]).group(1)
-        listed = sorted(dep for dep in body["deps"] if dep.startswith("src/"))
-        assert found.setdefault(cli, listed) == listed, f"dvc.yaml stage {name} lists other code than its twin"
-    return found
-
-
 def test_every_stage_lists_exactly_the_modules_it_imports() -> None:
-    stages = _stages()
+    stages = code_deps.listed(ROOT / "dvc.yaml")
     with ThreadPoolExecutor(2) as pool:
         closures = dict(zip(stages, pool.map(code_deps.closure, stages)))
     for cli, listed in stages.items():

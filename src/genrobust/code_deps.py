@@ -24,7 +24,10 @@ import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 PACKAGE = Path(__file__).resolve().parent
+ROOT = PACKAGE.parent.parent          # the repository: dvc.yaml's src/ paths are relative to it
 ALWAYS = ("genrobust.__main__", "genrobust.distributed")   # main() imports distributed for every stage
 SCHEMAS = {"config.py": "params.schema.yaml", "evaluation/result_schema.py": "result.schema.yaml"}   # data they read
 
@@ -61,10 +64,8 @@ def closure(stage: str) -> list[str]:
 def compact(files: list[str]) -> list[str]:
     """The same files with every package folder all of whose files are listed given as the folder."""
     chosen = set(files)
-    folders = sorted({str(Path(f).parent) for f in files if Path(f).parent != Path("src/genrobust")})
-    for folder in folders:
-        members = {p.relative_to(PACKAGE.parent.parent).as_posix() if p.is_absolute() else str(p)
-                   for p in (PACKAGE.parent.parent / folder).iterdir() if p.is_file() and p.suffix in (".py", ".yaml")}
+    for folder in sorted({str(Path(f).parent) for f in files if Path(f).parent != Path("src/genrobust")}):
+        members = expand([folder], ROOT)
         if members <= chosen:
             chosen = (chosen - members) | {folder}
     return sorted(chosen)
@@ -78,6 +79,19 @@ def expand(deps: list[str], root: Path) -> set[str]:
         files |= {p.relative_to(root).as_posix() for p in path.iterdir() if p.is_file() and p.suffix in (".py", ".yaml")} \
             if path.is_dir() else {dep}
     return files
+
+
+def listed(dvc_path: Path) -> dict[str, list[str]]:
+    """CLI stage -> the src/ dependencies dvc.yaml lists for it; every DVC stage running that CLI stage must agree."""
+    found: dict[str, list[str]] = {}
+    for name, stage in yaml.safe_load(Path(dvc_path).read_text())["stages"].items():
+        body = stage.get("do", stage)
+        cli = re.search(r"python -m genrobust (\w+)", body["cmd"]).group(1)
+        deps = sorted(dep for dep in body["deps"] if dep.startswith("src/"))
+        if found.setdefault(cli, deps) != deps:
+            raise ValueError(f"{dvc_path}: stage {name} lists other src/ deps than another {cli} stage; "
+                             "run make code-deps")
+    return found
 
 
 def write_dvc(path: Path) -> None:

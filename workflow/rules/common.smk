@@ -1,11 +1,8 @@
 # Validation, settings and the command prefix shared by every rule.
 import json
 import os
-import re
 import shlex
 from pathlib import Path
-
-import yaml
 
 from genrobust import code_deps
 from genrobust import config as params_config
@@ -25,14 +22,7 @@ CHANGES = params_config.overrides_between(params_config.read_yaml("params.yaml")
 def _code_by_stage():
     """Each CLI stage's source files, as dvc.yaml lists them (tests/test_code_deps.py keeps those lists equal to
     the stage's real import closure): inputs of the rules, so Snakemake reruns what DVC reruns on a code change."""
-    with open("dvc.yaml") as handle:
-        stages = yaml.safe_load(handle)["stages"]
-    found = {}
-    for stage in stages.values():
-        body = stage.get("do", stage)
-        cli = re.search(r"python -m genrobust (\w+)", body["cmd"]).group(1)
-        found[cli] = sorted(code_deps.expand([dep for dep in body["deps"] if dep.startswith("src/")], Path(".")))
-    return found
+    return {cli: sorted(code_deps.expand(deps, Path("."))) for cli, deps in code_deps.listed(Path("dvc.yaml")).items()}
 
 
 CODE = _code_by_stage()

@@ -6,7 +6,7 @@ AutoAttack), so a call site cannot mix up the order of three loose numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 NORMS = ("Linf", "L2")
@@ -26,6 +26,3 @@ class Threat:
     def from_params(cls, spec: Mapping[str, Any]) -> Threat:
         """From a `threats.<name>` entry of params.yaml."""
         return cls(spec["norm"], float(spec["eps"]), float(spec["step_size"]))
-
-    def with_step(self, step_size: float) -> Threat:
-        return replace(self, step_size=step_size)

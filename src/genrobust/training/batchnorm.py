@@ -14,14 +14,14 @@ from typing import Iterator
 from torch import nn
 
 
-def _norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+def norm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 @contextlib.contextmanager
 def frozen_statistics(model: nn.Module) -> Iterator[None]:
     """Train-mode forwards that use batch statistics without updating the running ones."""
-    norms = _norms(model)
+    norms = norm_layers(model)
     saved = [m.track_running_stats for m in norms]
     for m in norms:
         m.track_running_stats = False
@@ -33,5 +33,5 @@ def frozen_statistics(model: nn.Module) -> Iterator[None]:
 
 
 def set_momentum(model: nn.Module, momentum: float) -> None:
-    for m in _norms(model):
+    for m in norm_layers(model):
         m.momentum = momentum

@@ -33,7 +33,7 @@ from ..data.transform import to_tensor
 from ..errors import UserError
 from ..resume import StateFile
 from .batches import TrainingData, make_batch
-from .batchnorm import set_momentum
+from .batchnorm import norm_layers, set_momentum
 from .ema import EMA
 from .losses import pgd_at_loss, trades_loss
 from .mixing import BatchMixer
@@ -106,8 +106,7 @@ class FitResult:
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """SGD with weight decay on everything but batch-norm parameters (the reference's `group_weight`)."""
-    norm_params = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                   for p in m.parameters(recurse=False)}
+    norm_params = {id(p) for m in norm_layers(model) for p in m.parameters(recurse=False)}
     decay = [p for p in model.parameters() if id(p) not in norm_params]
     no_decay = [p for p in model.parameters() if id(p) in norm_params]
     return torch.optim.SGD([{"params": decay, "weight_decay": recipe.weight_decay},

@@ -10,6 +10,8 @@ each followed by the pixel box and a renorm to eps.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,7 +40,7 @@ def trades_adversary(model: nn.Module, x: torch.Tensor, threat: Threat, steps: i
             clean_probs = F.softmax(model(x), dim=1)
         start = _trades_start(x, threat, trades_attack)
         if threat.norm == "L2":
-            threat = threat.with_step(2 * threat.eps / steps)
+            threat = replace(threat, step_size=2 * threat.eps / steps)
         x_adv = maximise(lambda adv: F.kl_div(F.log_softmax(model(adv), dim=1), clean_probs, reduction="sum"),
                          x, start, threat, steps)
     model.train()
