@@ -86,3 +86,13 @@ def test_each_rule_gets_only_the_changes_it_reads() -> None:
     assert config.changes_for(changes, ["evaluate", "threats"]) == ["evaluate.n_examples=32", "seed=1"]
     assert config.changes_for(changes, ["adv_train"]) == ["presets.smoke.adv_train.lr=0.2", "seed=1"]
     assert config.changes_for(changes, ["classifier"]) == ["seed=1"]
+
+
+def test_a_float_dvc_wrote_without_a_dot_is_a_number(tmp_path) -> None:
+    """`dvc exp run -S gaussian.rank_tolerance=1e-6` leaves a plain `1e-06` in params.yaml; a quoted one stays text."""
+    edited = tmp_path / "params.yaml"
+    edited.write_text((ROOT / "params.yaml").read_text().replace("rank_tolerance: 1.0e-6", "rank_tolerance: 1e-06"))
+    assert config.load_params(edited)["gaussian"]["rank_tolerance"] == 1e-6
+    quoted = tmp_path / "quoted.yaml"
+    quoted.write_text("value: '1e-06'\nplain: 1e-06\nyes_word: yes\n")
+    assert config.read_yaml(quoted) == {"value": "1e-06", "plain": 1e-6, "yes_word": True}

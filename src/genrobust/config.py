@@ -132,7 +132,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=yaml12.Loader)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):

@@ -44,6 +44,17 @@ def typed(value: Any) -> Any:
     return value
 
 
+class Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads a plain `1e-06` as a float, as YAML 1.2 does.
+
+    DVC writes `dvc exp run -S key=1e-6` into params.yaml as a plain `1e-06`, which YAML 1.1
+    reads as text. Quoted scalars stay text: resolvers only see plain ones.
+    """
+
+
+Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+.0123456789"))
+
+
 def load(text: str) -> Any:
     """A command-line value: YAML flow syntax (`0.5`, `[a, b]`, `{k: 1}`), scalars typed as YAML 1.2 does."""
     return typed(yaml.load(text, Loader=yaml.BaseLoader))
