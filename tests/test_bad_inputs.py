@@ -73,7 +73,7 @@ def test_a_pickled_module_is_refused_in_one_line(tmp_path, test_npz, capsys) -> 
     pickled = tmp_path / "module.pt"
     torch.save(build_classifier(SPEC, 10, [0.5] * 3, [0.25] * 3), pickled)
     line = _refused(capsys, _evaluate_argv(pickled, test_npz, tmp_path / "r.json"))
-    assert line.startswith(f"{pickled}: not a readable torch checkpoint (Weights only load failed")
+    assert line.startswith(f"{pickled}: not a readable torch file (Weights only load failed")
     assert line.endswith("expected a genrobust classifier checkpoint (made by train_classifier or adv_train)")
 
 

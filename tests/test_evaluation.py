@@ -63,7 +63,7 @@ def test_checkpoint_refuses_another_class_count_and_garbage(tmp_path) -> None:
     with pytest.raises(UserError, match="m.pt: made for 10 classes; this dataset has 100"):
         load_classifier(tmp_path / "m.pt", 100)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="bad.pt: not a readable torch checkpoint"):
+    with pytest.raises(UserError, match="bad.pt: not a readable torch file"):
         load_classifier(tmp_path / "bad.pt")
     with pytest.raises(UserError, match="missing.pt: checkpoint not found"):
         load_classifier(tmp_path / "missing.pt")

@@ -55,8 +55,12 @@ def test_snakemake_runs_the_whole_dag_on_digits(snakemake_project: Path) -> None
     assert result["preset"] == "smoke" and result["norm"] == "Linf" and result["eps"] == pytest.approx(8 / 255)
     assert result["attack"]["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert set(result["stage_wall_time_s"]) == {"prepare_data", "train_diffusion", "sample_diffusion",
-                                                "train_classifier", "pseudo_label", "adv_train", "evaluate"}
+                                                "train_classifier", "quality", "pseudo_label", "adv_train", "evaluate"}
     assert result["generator"] == "edm" and result["num_generated"] > 0
+    # the smoke diffusion model makes digits: the classifier sees their class in most of them (issue 12)
+    quality = json.loads((snakemake_project / "data/digits/generated/edm/quality.json").read_text())
+    assert result["generated_quality"]["class_agreement"] == quality["class_agreement"]["overall"] >= 0.8
+    assert result["generated_quality"]["fid"] is None and "weights" in quality["fid"]["reason"]
     assert result["clean_accuracy"] >= 0.85
     assert 0.1 < result["robust_accuracy"] < result["clean_accuracy"]
     assert min(result["per_attack_accuracy"].values()) == pytest.approx(result["robust_accuracy"])
@@ -105,7 +109,7 @@ def test_dvc_repro_makes_the_same_files(snakemake_project: Path, tmp_path: Path)
     wideresnet = project / "src/genrobust/models/wideresnet.py"      # imported by the classifiers' stages only
     wideresnet.write_text(wideresnet.read_text() + "\n# a change\n")
     changed = run(["dvc", "status"], project).stdout
-    assert {"train_classifier", "adv_train", "evaluate", "pseudo_label"} <= set(re.findall(r"^(\w+)@", changed, re.M))
+    assert {"train_classifier", "quality", "adv_train", "evaluate", "pseudo_label"} <= set(re.findall(r"^(\w+)@", changed, re.M))
     assert not {"prepare_data", "train_diffusion", "sample_diffusion"} & set(re.findall(r"^(\w+)@", changed, re.M))
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
     curve, = plots["models/digits/adv/linf/metrics.tsv"]

@@ -32,9 +32,13 @@ PROBS = np.array([[0.50, 0.40, 0.10],    # 0: cond 0 scores 0.50
 CONDITIONED = np.array([0, 1, 2, 0, 1, 2])
 
 
-def _scores(probs: np.ndarray, conditioned: np.ndarray) -> Scores:
+P_REAL = np.array([0.9, 0.1, 0.2, 0.6, 0.3, 0.8], dtype=np.float32)   # a discriminator's "looks real", per image
+
+
+def _scores(probs: np.ndarray, conditioned: np.ndarray, p_real: np.ndarray | None = None) -> Scores:
     rows = np.arange(len(probs))
-    return Scores(conditioned, probs.argmax(1), probs[rows, conditioned], probs.max(1))
+    p_real = np.full(len(probs), 0.5, np.float32) if p_real is None else p_real
+    return Scores(conditioned, probs.argmax(1), probs[rows, conditioned], probs.max(1), p_real)
 
 
 def test_conditioning_mode_keeps_the_top_fraction_per_conditioning_class() -> None:
@@ -49,6 +53,15 @@ def test_confidence_mode_labels_and_ranks_by_the_classifier_instead() -> None:
     assert chosen.label.tolist() == [0, 0, 2, 1, 1, 0]
     # class 0: images 0, 1, 5 (0.50, 0.70, 0.45) -> ceil(1.5) = 2 kept; class 1: 3, 4 -> 1; class 2: 2 -> 1
     assert np.flatnonzero(chosen.keep).tolist() == [0, 1, 2, 4]
+
+
+def test_arc_mode_keeps_what_the_robust_discriminator_finds_most_real_per_conditioning_class() -> None:
+    chosen = select(_scores(PROBS, CONDITIONED, P_REAL), "arc", 0.5, 3)
+    assert np.flatnonzero(chosen.keep).tolist() == [0, 4, 5]      # class 0: 0.9 > 0.6; 1: 0.3 > 0.1; 2: 0.8 > 0.2
+    assert chosen.label.tolist() == CONDITIONED.tolist()
+    np.testing.assert_allclose(chosen.confidence, P_REAL)
+    unconditional = select(_scores(PROBS, np.full(6, -1), P_REAL), "arc", 1.0, 3)
+    assert unconditional.label.tolist() == PROBS.argmax(1).tolist()   # no conditioning class: the classifier's
 
 
 def test_exactly_the_fraction_is_kept_despite_float_error() -> None:
@@ -83,11 +96,27 @@ def classifier(tmp_path: Path) -> Path:
     return path
 
 
-def test_the_stage_keeps_the_top_fraction_by_conditioning_class_probability(tmp_path, classifier) -> None:
+QUALITY = {"fid": {"value": None, "reason": "no weights"}, "classifier_fd": {"value": 12.5},
+           "class_agreement": {"overall": 0.4}, "arc": {"value": 0.03}, "images": 100}
+
+
+@pytest.fixture
+def judged(tmp_path: Path) -> tuple[Path, Path]:
+    """A quality.json and a real-vs-generated discriminator, as the quality stage leaves them beside a set."""
+    torch.manual_seed(1)
+    spec = {"arch": "wrn", "depth": 10, "width": 1, "activation": "relu"}
+    discriminator = tmp_path / "discriminator.pt"
+    save_classifier(discriminator, build_classifier(spec, 2, [0.5] * 3, [0.25] * 3).eval(), spec, 2, {})
+    io.write_json(tmp_path / "quality.json", QUALITY)
+    return tmp_path / "quality.json", discriminator
+
+
+def test_the_stage_keeps_the_top_fraction_by_conditioning_class_probability(tmp_path, classifier, judged) -> None:
     images = _write_shards(tmp_path / "shards", 100, 40)     # shards of 40, 40 and 20 images
     labels_out = tmp_path / "labels.npz"
     command = [sys.executable, "-m", "genrobust", "pseudo_label", "--dataset", "digits", "--classifier",
                str(classifier), "--shards", str(tmp_path / "shards"), "--out", str(labels_out),
+               "--quality", str(judged[0]), "--discriminator", str(judged[1]),
                "--params", str(ROOT / "params.yaml"), "--set", "presets.smoke.pseudo_label.mode=conditioning",
                "--set", "presets.smoke.pseudo_label.keep_fraction=0.3",
                "--set", "presets.smoke.pseudo_label.batch_size=32"]
@@ -109,13 +138,39 @@ def test_the_stage_keeps_the_top_fraction_by_conditioning_class_probability(tmp_
         assert keep[members].sum() == 3
         assert expected[members & keep].min() >= expected[members & ~keep].max()
     assert read_meta(written)["mode"] == "conditioning" and read_meta(written)["kept"] == 30
+    assert read_meta(written)["generated_quality"] == {"fid": None, "classifier_fd": 12.5, "class_agreement": 0.4,
+                                                       "arc": 0.03, "images": 100}
 
 
-def test_confidence_mode_of_the_stage_labels_by_argmax(tmp_path, classifier, digits_settings) -> None:
+def test_arc_mode_of_the_stage_ranks_by_the_discriminator(tmp_path, classifier, judged, digits_settings) -> None:
+    images = _write_shards(tmp_path / "shards", 40, 40)
+    settings = copy.deepcopy(digits_settings)
+    settings["pseudo_label"].update(mode="arc", keep_fraction=0.5)
+    pseudo_label(settings, classifier, tmp_path / "shards", *judged, tmp_path / "labels.npz")
+    discriminator, _ = load_classifier(judged[1], 2)
+    with torch.no_grad():
+        p_real = torch.softmax(discriminator(to_tensor(images, torch.device("cpu"))), dim=1)[:, 1].numpy()
+    written = io.open_npz(tmp_path / "labels.npz")
+    np.testing.assert_allclose(written["confidence"], p_real, rtol=1e-4, atol=1e-6)
+    keep, conditioned = np.asarray(written["keep"]), np.arange(40) % 10
+    for k in range(10):
+        members = conditioned == k
+        assert keep[members].sum() == 2 and p_real[members & keep].min() >= p_real[members & ~keep].max()
+
+
+def test_a_set_without_its_quality_json_is_refused(tmp_path, classifier, judged, digits_settings) -> None:
+    _write_shards(tmp_path / "shards", 20, 20)
+    (tmp_path / "bad.json").write_text('{"fid": 1}')
+    with pytest.raises(UserError, match="bad.json: not a quality.json"):
+        pseudo_label(digits_settings, classifier, tmp_path / "shards", tmp_path / "bad.json", judged[1],
+                     tmp_path / "labels.npz")
+
+
+def test_confidence_mode_of_the_stage_labels_by_argmax(tmp_path, classifier, judged, digits_settings) -> None:
     images = _write_shards(tmp_path / "shards", 40, 40)
     settings = copy.deepcopy(digits_settings)
     settings["pseudo_label"].update(mode="confidence", keep_fraction=1.0)
-    pseudo_label(settings, classifier, tmp_path / "shards", tmp_path / "labels.npz")
+    pseudo_label(settings, classifier, tmp_path / "shards", *judged, tmp_path / "labels.npz")
     model, _ = load_classifier(classifier, 10)
     with torch.no_grad():
         argmax = model(to_tensor(images, torch.device("cpu"))).argmax(1).numpy()
@@ -123,14 +178,14 @@ def test_confidence_mode_of_the_stage_labels_by_argmax(tmp_path, classifier, dig
     assert np.asarray(written["label"]).tolist() == argmax.tolist() and np.asarray(written["keep"]).all()
 
 
-def test_conditioning_mode_refuses_unconditional_images(tmp_path, classifier, digits_settings) -> None:
+def test_conditioning_mode_refuses_unconditional_images(tmp_path, classifier, judged, digits_settings) -> None:
     directory = tmp_path / "shards"
     shards.write_shard(directory, 0, np.zeros((4, 32, 32, 3), np.uint8), np.full(4, -1, np.int64), {})
     shards.write_manifest(directory, [(0, 4)], 10, StageClock("test"))
     settings = copy.deepcopy(digits_settings)
     settings["pseudo_label"]["mode"] = "conditioning"
     with pytest.raises(UserError, match=f"{directory}: holds unconditional images"):
-        pseudo_label(settings, classifier, directory, tmp_path / "labels.npz")
+        pseudo_label(settings, classifier, directory, *judged, tmp_path / "labels.npz")
 
 
 def test_only_small_diffusion_sets_are_oversampled_and_filtered() -> None:

@@ -82,12 +82,30 @@ def _train_classifier(settings: dict, args: argparse.Namespace) -> None:
     train_classifier(settings, args.train, args.out, args.work, args.restart)
 
 
+@_stage("import_external", "import released npz files (datasets.<name>.external) as shards",
+        DATASET, _path("--out", "shard directory"))
+def _import_external(settings: dict, args: argparse.Namespace) -> None:
+    from .data.external import import_settings
+    import_settings(settings, args.out)
+
+
+@_stage("quality", "judge a generated set: FID, classifier FD, class agreement, ARC", DATASET,
+        _path("--shards", "shard directory"), _path("--train", "train npz (the real images)"),
+        _path("--classifier", "standard classifier checkpoint"), _path("--out", "quality JSON to write"),
+        _path("--discriminator", "robust real-vs-generated discriminator checkpoint to write"))
+def _quality(settings: dict, args: argparse.Namespace) -> None:
+    from .quality.stage import quality
+    quality(settings, args.shards, args.train, args.classifier, args.out, args.discriminator)
+
+
 @_stage("pseudo_label", "label generated images with the standard classifier", DATASET,
         _path("--classifier", "standard classifier checkpoint"), _path("--shards", "shard directory"),
+        _path("--quality", "the set's quality JSON (its figures travel into the labels' provenance)"),
+        _path("--discriminator", "the set's ARC discriminator (pseudo_label.mode: arc ranks by it)"),
         _path("--out", "labels npz to write"))
 def _pseudo_label(settings: dict, args: argparse.Namespace) -> None:
     from .pseudo_label import pseudo_label
-    pseudo_label(settings, args.classifier, args.shards, args.out)
+    pseudo_label(settings, args.classifier, args.shards, args.quality, args.discriminator, args.out)
 
 
 @_stage("adv_train", "adversarial training on real + generated batches (resumable)", DATASET, THREAT,
@@ -98,7 +116,8 @@ def _pseudo_label(settings: dict, args: argparse.Namespace) -> None:
         _path("--metrics", "per-epoch metrics TSV to write (dvc plots draws it)"), WORK, RESTART,
         ("--num-generated", {"type": int, "help": "use only the first N kept generated images (a grid cell)"}),
         ("--activation", {"choices": ["relu", "silu", "gelu", "softplus"],
-                          "help": "override adv_train.model.activation (a grid cell)"}))
+                          "help": "override adv_train.model.activation (a grid cell)"}),
+        ("--seed", {"type": int, "help": "override params' seed for this training run (a grid's seed axis)"}))
 def _adv_train(settings: dict, args: argparse.Namespace) -> None:
     from .training.adversarial import Outputs, adv_train
     if (args.shards is None) != (args.labels is None):
@@ -107,6 +126,8 @@ def _adv_train(settings: dict, args: argparse.Namespace) -> None:
         raise UserError("adv_train: --num-generated needs --shards and --labels")
     if args.activation:
         settings["adv_train"]["model"] = dict(settings["adv_train"]["model"], activation=args.activation)
+    if args.seed is not None:
+        settings["seed"] = args.seed
     adv_train(settings, args.threat, args.train, Outputs(args.out, args.last, args.metrics), args.work,
               args.shards, args.labels, args.num_generated, args.restart)
 

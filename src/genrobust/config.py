@@ -22,7 +22,7 @@ from .errors import UserError
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "params.schema.yaml"   # package data (workflow/schemas links here)
 GLOBAL_KEYS = ("seed", "preset", "datasets")   # every stage resolves its dataset and preset from these
-STAGE_SECTIONS = ("diffusion", "sample", "gaussian", "classifier", "pseudo_label", "adv_train", "evaluate")
+STAGE_SECTIONS = ("diffusion", "sample", "gaussian", "classifier", "quality", "pseudo_label", "adv_train", "evaluate")
 
 
 @lru_cache(maxsize=1)
@@ -91,10 +91,17 @@ def validate(params: Mapping[str, Any], source: str = "params.yaml") -> dict[str
                         f"add {generator!r} there so that DVC trains that diffusion model")
     for name in params["datasets"]:
         resolve(params, name, source)
+    external = [name for name in params["pipeline"]["datasets"] if "external" not in params["datasets"][name]]
+    if generator == "external" and external:
+        raise UserError(f"{source}: generator = 'external' but datasets.{external[0]} has no `external` "
+                        "(paths: the released npz files, labels: given | classifier)")
     for grid, spec in params["grids"].items():
         if spec["dataset"] not in params["datasets"]:
             raise UserError(f"{source}: grids.{grid}.dataset = {spec['dataset']!r} is not declared under datasets "
                             f"(declared: {', '.join(sorted(params['datasets']))})")
+        if "external" in spec.get("generator", []) and "external" not in params["datasets"][spec["dataset"]]:
+            raise UserError(f"{source}: grids.{grid}.generator lists 'external' but datasets.{spec['dataset']} "
+                            "has no `external` (paths: the released npz files, labels: given | classifier)")
     for grid in params["pipeline"]["grids"]:
         if grid not in params["grids"]:
             raise UserError(f"{source}: pipeline.grids names {grid!r}, which is not declared under grids "
@@ -112,6 +119,10 @@ def resolve(params: Mapping[str, Any], dataset: str, source: str = "params.yaml"
     settings = {section: _merge(params[section], params["presets"][preset][section]) for section in STAGE_SECTIONS}
     settings.update(preset=preset, dataset=dict(info, name=dataset), seed=params["seed"],
                     generator=params["generator"], threats=params["threats"])
+    arc = settings["quality"]["arc"]
+    if list(arc["eps"]) != sorted(arc["eps"]) or arc["eps"][0] != 0 or arc["select_eps"] not in arc["eps"]:
+        raise UserError(f"{source}: quality.arc.eps = {arc['eps']} (preset {preset}): must increase from 0 and hold "
+                        f"quality.arc.select_eps = {arc['select_eps']}")
     classes, count = info["num_classes"], settings["sample"]["num_images"]
     if count % classes:
         raise UserError(f"{source}: sample.num_images = {count} (preset {preset}, dataset {dataset}): "

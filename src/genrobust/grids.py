@@ -1,7 +1,8 @@
 """Experiment grids: the papers' ablation tables as sets of cells that share their upstream artifacts.
 
 A grid names a dataset and lists values for some axes (threat, generator, num_images,
-activation); its cells are the product. Every cell trains its own robust model, but all
+activation, seed); its cells are the product. A seed axis repeats each cell with other
+training seeds (the generated data stays the same), so the report can give a mean and an interval. Every cell trains its own robust model, but all
 cells of a dataset read the same generated shards (the first `num_images` kept images of
 the dataset's one set per generator), so a grid over data volume costs one diffusion model
 and one sampling run, not one per cell. A cell without generated data (generator `none` or
@@ -20,7 +21,7 @@ import yaml
 from . import io
 from .errors import UserError
 
-AXES = ("threat", "generator", "num_images", "activation")
+AXES = ("threat", "generator", "num_images", "activation", "seed")
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,12 @@ class Cell:
     generator: str
     num_images: int
     activation: str
+    seed: int | None = None   # None: params' seed (a grid without a seed axis; then not in the name)
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}_{self.threat}_{self.generator}_{self.num_images}_{self.activation}"
+        base = f"{self.dataset}_{self.threat}_{self.generator}_{self.num_images}_{self.activation}"
+        return base if self.seed is None else f"{base}_seed{self.seed}"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(asdict(self), name=self.name)
@@ -46,7 +49,7 @@ def _defaults(params: Mapping[str, Any], dataset: str) -> dict[str, list]:
     settings = resolve(params, dataset)
     return {"threat": [params["pipeline"]["threats"][0]], "generator": [params["generator"]],
             "num_images": [settings["sample"]["num_images"]],
-            "activation": [settings["adv_train"]["model"]["activation"]]}
+            "activation": [settings["adv_train"]["model"]["activation"]], "seed": [None]}
 
 
 def cells(params: Mapping[str, Any], grid: str) -> list[Cell]:
@@ -59,10 +62,10 @@ def cells(params: Mapping[str, Any], grid: str) -> list[Cell]:
         raise UserError(f"params.yaml: grids.{grid}.dataset = {dataset!r} is not declared under datasets")
     axes = {**_defaults(params, dataset), **{axis: spec[axis] for axis in AXES if axis in spec}}
     found: dict[str, Cell] = {}
-    for threat, generator, num_images, activation in itertools.product(*(axes[a] for a in AXES)):
+    for threat, generator, num_images, activation, seed in itertools.product(*(axes[a] for a in AXES)):
         if generator == "none" or num_images == 0:
             generator, num_images = "none", 0
-        cell = Cell(grid, dataset, threat, generator, int(num_images), activation)
+        cell = Cell(grid, dataset, threat, generator, int(num_images), activation, seed)
         found.setdefault(cell.name, cell)
     return list(found.values())
 
@@ -83,6 +86,8 @@ def generated_paths(cell: Cell) -> tuple[str, str] | None:
 def cell_args(cell: Cell) -> str:
     """The cell's part of the adv_train command line: one function, so Snakemake and DVC run the same command."""
     args = f"--dataset {cell.dataset} --threat {cell.threat} --activation {cell.activation}"
+    if cell.seed is not None:
+        args += f" --seed {cell.seed}"
     paths = generated_paths(cell)
     if paths:
         args += f" --shards {paths[0]} --labels {paths[1]} --num-generated {cell.num_images}"
@@ -104,11 +109,21 @@ def dvc_cells(params: Mapping[str, Any]) -> dict[str, Any]:
                 "args": cell_args(cell), "shards": shards, "labels": labels}
             results[f"{grid}-{cell.name}"] = {"grid": grid, "cell": cell.name, "dataset": cell.dataset,
                                               "threat": cell.threat}
-    return {"grid_cells": cells_by_name, "grid_results": results}
+    return {"grid_cells": cells_by_name, "grid_results": results, "external_sets": external_sets(params)}
 
 
-DVC_CELLS_HEADER = ("# Generated from params.yaml (pipeline.grids, grids) by `make grids`; do not edit.\n"
-                    "# dvc.yaml's adv_train_cell and evaluate_cell stages iterate over it; a test checks it is current.\n")
+def external_sets(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Datasets whose released sets (`datasets.<name>.external`) DVC's import_external stage brings in:
+    those the main pipeline or a grid of pipeline.grids trains on with generator `external`."""
+    used = set(params["pipeline"]["datasets"]) if params["generator"] == "external" else set()
+    for grid in params["pipeline"]["grids"]:
+        used |= {cell.dataset for cell in cells(params, grid) if cell.generator == "external"}
+    return {name: {"labels": params["datasets"][name]["external"]["labels"]} for name in sorted(used)}
+
+
+DVC_CELLS_HEADER = ("# Generated from params.yaml (pipeline.grids, grids, generator external) by `make grids`; do not edit.\n"
+                    "# dvc.yaml's adv_train_cell, evaluate_cell and import_external stages iterate over it; "
+                    "a test checks it is current.\n")
 
 
 def write_dvc_cells(params: Mapping[str, Any], path: Path) -> None:

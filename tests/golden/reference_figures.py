@@ -3,6 +3,12 @@
 
     python tests/golden/reference_figures.py --dmat PATH/TO/DM-Improves-AT > figures.json
 
+The CPU's vector kernels (torch.backends.cpu.get_cpu_capability(): AVX2, AVX512) change the last
+bits of a sum, and a TRADES attack starting from a near-zero KL gradient turns those into other
+signs: the reference itself gives other figures on an AVX2 CPU than on an AVX512 one. So the
+figures are stored per capability (tests/golden/dm_improves_at_b390f25d_avx2.json; the file
+without a suffix was measured on the AVX512 machine of the first measurement).
+
 PATH is a checkout of github.com/wzekai99/DM-Improves-AT (the figures in the test come from
 commit b390f25d); nothing of it is copied here, it is imported at run time. Its optional
 imports (pandas, tqdm, RandAugment) get stand-ins in this process only, `autoattack` is PyPI's
@@ -114,4 +120,5 @@ if __name__ == "__main__":
                         help="a checkout of DM-Improves-AT (commit b390f25d)")
     with contextlib.redirect_stdout(sys.stderr):       # the reference prints as it builds models
         figures = run(parser.parse_args().dmat)
+    figures["cpu_capability"] = torch.backends.cpu.get_cpu_capability()   # the kernels' vector width changes the last bits
     print(json.dumps(figures, indent=1))

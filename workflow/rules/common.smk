@@ -47,7 +47,7 @@ wildcard_constraints:
     dataset="[a-z][a-z0-9_]*",
     threat="linf|l2",
     diffusion="edm|ddpm",
-    generator="edm|ddpm|gaussian",
+    generator="edm|ddpm|gaussian|external",
     shard=r"\d{5}",
     grid="[a-z][a-z0-9_]*",
     cell="[a-z][a-z0-9_]*",

@@ -160,3 +160,29 @@ rule sample_gaussian:
     shell:
         "python -m genrobust sample_gaussian --dataset {wildcards.dataset} --fit {input.fit} --out {params.out} "
         "{params.overrides} > {log} 2>&1"
+
+
+rule import_external:
+    input:
+        files=lambda w: PARAMS["datasets"][w.dataset].get("external", {}).get("paths", []),
+        code=CODE["import_external"],
+    output:
+        manifest="data/{dataset}/generated/external/shards/manifest.json",
+    params:
+        overrides=overrides("sample"),
+        settings=settings("sample", "dataset"),  # the dataset's `external` paths and labels mode
+        out=lambda w, output: os.path.dirname(output.manifest),
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/import_external.log",
+    benchmark:
+        "benchmarks/{dataset}/import_external.tsv"
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=600,
+    shell:
+        "python -m genrobust import_external --dataset {wildcards.dataset} --out {params.out} "
+        "{params.overrides} > {log} 2>&1"

@@ -1,7 +1,7 @@
 # The report: a table of every result found, figures, and the scaling fit. Its inputs are the main
 # pipeline's results and the cells of pipeline.grids; the stage also lists any other result it finds.
 
-PLOTS = ["robust_vs_generated", "clean_vs_robust", "training_curves", "scaling"]
+PLOTS = ["robust_vs_generated", "clean_vs_robust", "robust_vs_quality", "training_curves", "scaling"]
 
 
 rule report:

@@ -32,6 +32,8 @@ rule pseudo_label:
     input:
         classifier="models/{dataset}/classifier/model.pt",
         manifest="data/{dataset}/generated/{generator}/shards/manifest.json",
+        quality="data/{dataset}/generated/{generator}/quality.json",
+        discriminator="data/{dataset}/generated/{generator}/discriminator.pt",
         code=CODE["pseudo_label"],
     output:
         labels="data/{dataset}/generated/{generator}/labels.npz",
@@ -52,7 +54,8 @@ rule pseudo_label:
         runtime=120,
     shell:
         "python -m genrobust pseudo_label --dataset {wildcards.dataset} --classifier {input.classifier} "
-        "--shards {params.shards} --out {output.labels} {params.overrides} > {log} 2>&1"
+        "--shards {params.shards} --quality {input.quality} --discriminator {input.discriminator} "
+        "--out {output.labels} {params.overrides} > {log} 2>&1"
 
 
 rule adv_train:

@@ -61,6 +61,20 @@ def _resize(images: np.ndarray, max_value: float) -> np.ndarray:
     return tensor.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def resized(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 NHWC images at size x size (antialiased when shrinking), a chunk at a time: what a model that
+    works below the pipeline's 32x32 (`diffusion.resolution`) trains on."""
+    if images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((len(images), size, size, images.shape[-1]), dtype=np.uint8)
+    for start in range(0, len(images), CHUNK):
+        tensor = torch.from_numpy(np.asarray(images[start:start + CHUNK], dtype=np.float32)).permute(0, 3, 1, 2)
+        tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False,
+                               antialias=size < images.shape[1])
+        out[start:start + CHUNK] = tensor.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
 def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """The format as the networks take it: float NCHW in [0, 1] on `device`."""
     return torch.from_numpy(np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2))).to(device).float().div_(255)

@@ -3,7 +3,9 @@
 Both wrap denoising-diffusion-pytorch's classifier-free-guidance `Unet`. The package's
 `ElucidatedDiffusion` is unconditional and its class-conditional `GaussianDiffusion` lacks
 the sigmoid schedule and a seedable sampler, so the two subclasses below add exactly that.
-Every model takes and returns images in [0, 1], shaped (B, 3, 32, 32).
+Every model takes and returns images in [0, 1], shaped (B, 3, 32, 32). A model may work at a lower
+`diffusion.resolution` (digits are 8x8 at heart): it is trained on the images resized down to it and
+its samples are resized back up to 32 the way prepare_data resized the real images up.
 
 `sample(classes, generator)` draws all of its noise from the given CPU `torch.Generator`
 (then moves it to the model's device), so a shard depends only on the weights and its seed.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +43,24 @@ class ConditionalUnet(Unet):
     self_condition = False
 
 
+def guided(network: Callable[[float], torch.Tensor], guidance: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): uncond + w (cond - uncond); w = 1 is the plain
+    conditional model (one network call). `network(cond_drop_prob)` runs the net with or without the class.
+
+    A small model's conditional samples can drift from their class; w > 1 pulls them towards it, at twice
+    the network calls. The networks are trained with `diffusion.unet.cond_drop_prob` > 0, so both exist.
+    """
+    conditional = network(0.0)
+    if guidance == 1.0:
+        return conditional
+    unconditional = network(1.0)
+    return unconditional + guidance * (conditional - unconditional)
+
+
 class ConditionalElucidatedDiffusion(ElucidatedDiffusion):
     """EDM (Karras et al. 2022) whose network also sees the class labels."""
+
+    guidance = 1.0   # sample.guidance (load_model sets it)
 
     def preconditioned_network_forward(self, noised_images: torch.Tensor, sigma: torch.Tensor,
                                        classes: torch.Tensor, clamp: bool = False,
@@ -79,15 +97,18 @@ class ConditionalElucidatedDiffusion(ElucidatedDiffusion):
                 slope_next = (x_next - self._denoise(x_next, sigma_next, classes)) / sigma_next
                 x_next = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
             x = x_next
-        return unnormalize_to_zero_to_one(x.clamp(-1.0, 1.0))
+        return to_pipeline_size(unnormalize_to_zero_to_one(x.clamp(-1.0, 1.0)))
 
     def _denoise(self, x: torch.Tensor, sigma: float, classes: torch.Tensor) -> torch.Tensor:
         sigma_batch = torch.full((len(x),), sigma, device=x.device)
-        return self.preconditioned_network_forward(x, sigma_batch, classes, clamp=True, cond_drop_prob=0.0)
+        return guided(lambda drop: self.preconditioned_network_forward(x, sigma_batch, classes, cond_drop_prob=drop),
+                      self.guidance).clamp(-1.0, 1.0)
 
 
 class ConditionalGaussianDiffusion(GaussianDiffusion):
     """The package's class-conditional DDPM, plus the sigmoid schedule and a seeded DDIM sampler."""
+
+    guidance = 1.0   # sample.guidance (load_model sets it)
 
     def __init__(self, model: Unet, *, beta_schedule: str, timesteps: int, **kwargs: Any) -> None:
         super().__init__(model, timesteps=timesteps, beta_schedule="linear" if beta_schedule == "sigmoid"
@@ -135,12 +156,12 @@ class ConditionalGaussianDiffusion(GaussianDiffusion):
             else:
                 alpha_next = self.alphas_cumprod[time_next]
                 x = x_start * alpha_next.sqrt() + (1 - alpha_next).sqrt() * pred_noise
-        return unnormalize_to_zero_to_one(x)
+        return to_pipeline_size(unnormalize_to_zero_to_one(x))
 
     def _predict(self, x: torch.Tensor, time: int, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(noise, clipped x_0) predicted at integer `time`, as the package's `model_predictions` without CFG."""
         t = torch.full((len(x),), time, device=x.device, dtype=torch.long)
-        out = self.model(x, t, classes, cond_drop_prob=0.0)
+        out = guided(lambda drop: self.model(x, t, classes, cond_drop_prob=drop), self.guidance)
         if self.objective == "pred_noise":
             x_start = self.predict_start_from_noise(x, t, out).clamp(-1.0, 1.0)
             return out, x_start
@@ -148,9 +169,22 @@ class ConditionalGaussianDiffusion(GaussianDiffusion):
         return self.predict_noise_from_start(x, t, x_start), x_start
 
 
+def to_pipeline_size(images: torch.Tensor) -> torch.Tensor:
+    """Samples of a lower-resolution model, resized up bilinearly as `data.transform` resizes small datasets."""
+    if images.shape[-1] == IMAGE_SIZE:
+        return images
+    return F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+
+
+def resolution(config: Mapping[str, Any]) -> int:
+    """The model's working size (files from before `diffusion.resolution` existed are 32)."""
+    return config.get("resolution") or IMAGE_SIZE
+
+
 def model_config(diffusion: Mapping[str, Any], generator: str) -> dict[str, Any]:
     """The part of the `diffusion` params that fixes the architecture: what a model file must record."""
-    return {"unet": dict(diffusion["unet"]), generator: dict(diffusion[generator])}
+    return {"unet": dict(diffusion["unet"]), generator: dict(diffusion[generator]),
+            "resolution": diffusion["resolution"] or IMAGE_SIZE}
 
 
 def build_model(generator: str, config: Mapping[str, Any], num_classes: int,
@@ -158,20 +192,24 @@ def build_model(generator: str, config: Mapping[str, Any], num_classes: int,
     """A fresh model; `sample_steps` (params `sample.steps`) sets how many steps `sample` takes."""
     if generator not in GENERATORS:
         raise UserError(f"generator {generator!r}: must be one of {', '.join(map(repr, GENERATORS))}")
-    unet = config["unet"]
+    unet, size = config["unet"], resolution(config)
+    if size % 2 ** (len(unet["dim_mults"]) - 1):
+        raise UserError(f"diffusion.resolution = {size}: the Unet halves it {len(unet['dim_mults']) - 1} times "
+                        f"(diffusion.unet.dim_mults = {unet['dim_mults']}), so it must be a multiple of "
+                        f"{2 ** (len(unet['dim_mults']) - 1)}")
     net = ConditionalUnet(dim=unet["dim"], num_classes=num_classes, cond_drop_prob=unet["cond_drop_prob"],
                           dim_mults=tuple(unet["dim_mults"]), channels=CHANNELS,
                           learned_sinusoidal_cond=generator == "edm")
     if generator == "edm":
         edm = config["edm"]
         steps = {} if sample_steps is None else {"num_sample_steps": sample_steps}
-        return ConditionalElucidatedDiffusion(net, image_size=IMAGE_SIZE, channels=CHANNELS, **steps,
+        return ConditionalElucidatedDiffusion(net, image_size=size, channels=CHANNELS, **steps,
                                               **{key: edm[key] for key in ("sigma_min", "sigma_max", "sigma_data",
                                                                            "rho", "P_mean", "P_std")})
     ddpm = config["ddpm"]
     if sample_steps is not None and sample_steps > ddpm["timesteps"]:
         raise UserError(f"sample.steps = {sample_steps}: must be at most diffusion.ddpm.timesteps = {ddpm['timesteps']}")
-    return ConditionalGaussianDiffusion(net, image_size=IMAGE_SIZE, timesteps=ddpm["timesteps"],
+    return ConditionalGaussianDiffusion(net, image_size=size, timesteps=ddpm["timesteps"],
                                         sampling_timesteps=sample_steps, objective=ddpm["objective"],
                                         beta_schedule=ddpm["beta_schedule"])
 
@@ -184,8 +222,9 @@ def to_device(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def load_model(path: Path, generator: str, num_classes: int, sample_steps: int,
-               device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The EMA model and provenance from a `train_diffusion` file, or a UserError naming the file."""
+               device: torch.device, guidance: float = 1.0) -> tuple[nn.Module, dict[str, Any]]:
+    """The EMA model (sampling with `guidance`) and provenance from a `train_diffusion` file, or a UserError
+    naming the file."""
     if not path.is_file():
         raise UserError(f"{path}: file not found; run train_diffusion for generator {generator!r} first")
     try:
@@ -203,4 +242,5 @@ def load_model(path: Path, generator: str, num_classes: int, sample_steps: int,
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
         raise UserError(f"{path}: weights do not fit the recorded model config ({exc})") from exc
+    model.guidance = guidance
     return to_device(model, device).eval(), checkpoint["meta"]

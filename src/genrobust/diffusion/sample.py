@@ -29,9 +29,10 @@ def sample_diffusion(settings: Mapping[str, Any], generator: str, model_path: Pa
     cfg, seed = settings["sample"], settings["seed"]
     num_classes = settings["dataset"]["num_classes"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, model_meta = load_model(Path(model_path), generator, num_classes, cfg["steps"], device)
+    model, model_meta = load_model(Path(model_path), generator, num_classes, cfg["steps"], device, cfg["guidance"])
     clock = StageClock("sample_diffusion", model_meta)
-    identity = {"generator": generator, "seed": seed, "steps": cfg["steps"], "model_sha256": io.sha256(model_path)}
+    identity = {"generator": generator, "seed": seed, "steps": cfg["steps"], "guidance": cfg["guidance"],
+                "model_sha256": io.sha256(model_path)}
     fill(Path(out_dir), generated_count(cfg, generator), cfg["shard_size"], num_classes, seed, shards, identity,
          lambda labels, shard_seed: _generate(model, labels, shard_seed, cfg["batch_size"], device), clock)
 

@@ -1,7 +1,7 @@
 """Stage train_diffusion: fit a class-conditional diffusion model to train.npz, resumably.
 
 A plain training loop (batches drawn at random from the memory-mapped images, random
-horizontal flips where the dataset allows them (`datasets.<name>.flip`), AdamW, gradient
+horizontal flips where the dataset allows them (`datasets.<name>.flip`), at `diffusion.resolution`, AdamW, gradient
 clipping, EMA of the weights, bf16 autocast per `diffusion.precision`). Every
 `checkpoint_every` steps and at the end the whole training state goes atomically to
 `work_dir/ckpt.pt` (the one before kept as `ckpt.pt.prev`, see `resume`), which is not a declared
@@ -29,11 +29,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import distributed, io
+from ..data.transform import resized
 from ..errors import UserError
 from ..provenance import StageClock, read_meta
 from ..resume import StateFile
 from .grid import grid_path, write_grid
-from .model import FORMAT, build_model, model_config
+from .model import FORMAT, build_model, model_config, resolution
 
 CKPT_NAME = "ckpt.pt"
 CKPT_FORMAT = "genrobust-diffusion-train-state"
@@ -68,6 +69,7 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
     arrays = io.open_npz(train_path)
     images, labels = io.validate_images(train_path, arrays, num_classes)
     io.require_every_class(train_path, labels, num_classes, "the class-conditional diffusion model")
+    images = resized(images, resolution(model_config(cfg, generator)))
     clock = StageClock("train_diffusion", read_meta(arrays))
     device = distributed.device()
     fingerprint = _fingerprint(settings, generator, train_path)

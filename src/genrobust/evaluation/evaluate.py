@@ -87,6 +87,8 @@ def evaluate(settings: dict[str, Any], threat: str, checkpoint: Path, test_path:
         "model": ckpt["model"],
         "generator": meta.get("generator", "none"),
         "num_generated": meta.get("num_generated", 0),
+        "seed": meta.get("seed"),
+        "generated_quality": meta.get("generated_quality"),
         "images_seen": meta.get("images_seen"),
         "training_loss": meta.get("loss"),
         "hashes": {"checkpoint_sha256": io.sha256(checkpoint), "test_data_sha256": io.sha256(test_path),

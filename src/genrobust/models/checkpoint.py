@@ -35,18 +35,22 @@ def save_classifier(path: str | os.PathLike, model: nn.Module, spec: Mapping[str
                     "meta": dict(meta)}, tmp)
 
 
+def read_torch_file(path: Path, expected: str) -> Any:
+    """torch.load with weights only; a damaged file is one line naming it and what was `expected`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises a zoo of types for damaged files, some with pages of advice
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable torch file ({first_line}); expected {expected}") from exc
+
+
 def load_classifier(path: str | os.PathLike, num_classes: int | None = None,
                     device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The model in eval mode and its checkpoint dict; refuses a checkpoint made for another task."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises a zoo of types for damaged files, some with pages of advice
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable torch checkpoint ({first_line}); expected a genrobust classifier "
-                        f"checkpoint (made by train_classifier or adv_train)") from exc
+    ckpt = read_torch_file(path, "a genrobust classifier checkpoint (made by train_classifier or adv_train)")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
         raise UserError(f"{path}: holds {_describe(ckpt)}; expected a genrobust classifier checkpoint "
                         f"(made by train_classifier or adv_train)")
@@ -60,7 +64,7 @@ def load_classifier(path: str | os.PathLike, num_classes: int | None = None,
     except (ValueError, KeyError) as exc:  # made by another version of genrobust, or edited
         raise UserError(f"{path}: names an architecture this genrobust cannot build ({_spec(ckpt['model'])}): "
                         f"{exc}") from exc
-    mismatch = _mismatch(model.state_dict(), state)
+    mismatch = state_mismatch(model.state_dict(), state)
     if mismatch:
         raise UserError(f"{path}: weights do not fit the architecture it names ({_spec(ckpt['model'])}): {mismatch}")
     model.load_state_dict(state)
@@ -79,7 +83,7 @@ def _spec(spec: Mapping[str, Any]) -> str:
     return ", ".join(f"{key} {value}" for key, value in spec.items())
 
 
-def _mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
+def state_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str:
     """One line on how a state dict differs from a model's, or '' when it fits (load_state_dict's own
     message runs over many lines)."""
     missing = [key for key in expected if key not in found]

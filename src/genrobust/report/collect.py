@@ -15,8 +15,10 @@ from ..errors import UserError
 from .flops import flops_per_image
 
 COLUMNS = ["grid", "cell", "dataset", "threat", "eps", "generator", "num_generated", "arch", "activation", "loss",
-           "attack_steps", "preset", "clean_accuracy", "robust_accuracy", "n_examples", "attack_version", "partial",
-           "sanity", "flagged", "images_seen", "train_flops", "adv_train_seconds", "path"]
+           "attack_steps", "preset", "seed", "clean_accuracy", "robust_accuracy", "n_examples", "attack_version",
+           "partial", "sanity", "flagged", "images_seen", "train_flops", "adv_train_seconds",
+           "fid", "classifier_fd", "class_agreement", "arc", "path"]
+QUALITY = ("fid", "classifier_fd", "class_agreement", "arc")   # the generated set's quality.json figures
 REQUIRED = ("dataset", "threat", "clean_accuracy", "robust_accuracy", "model")
 
 
@@ -65,6 +67,7 @@ def row(path: Path, record: dict[str, Any], results_dir: Path) -> dict[str, Any]
     except ValueError as exc:       # a model or loss this genrobust cannot build or count
         raise UserError(f"{path}: {exc}") from exc
     sanity, notes = flags(record)
+    quality = record.get("generated_quality") or {}
     return {
         "grid": relative.parts[1] if in_grid else "pipeline",
         "cell": path.stem,
@@ -78,6 +81,7 @@ def row(path: Path, record: dict[str, Any], results_dir: Path) -> dict[str, Any]
         "loss": loss,
         "attack_steps": attack_steps,
         "preset": record.get("preset"),
+        "seed": record.get("seed"),
         "clean_accuracy": record["clean_accuracy"],
         "robust_accuracy": record["robust_accuracy"],
         "n_examples": record.get("n_examples"),
@@ -88,6 +92,7 @@ def row(path: Path, record: dict[str, Any], results_dir: Path) -> dict[str, Any]
         "images_seen": images_seen,
         "train_flops": None if per_image is None or images_seen is None else per_image * images_seen,
         "adv_train_seconds": record.get("stage_wall_time_s", {}).get("adv_train"),
+        **{key: quality.get(key) for key in QUALITY},
         "path": str(path),
         "notes": notes,
     }

@@ -13,7 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from .. import io  # noqa: E402
 from .scaling import AXES  # noqa: E402
 
-FIGURES = ("robust_vs_generated.png", "clean_vs_robust.png", "training_curves.png", "scaling.png")
+FIGURES = ("robust_vs_generated.png", "clean_vs_robust.png", "robust_vs_quality.png", "training_curves.png",
+           "scaling.png")
+QUALITY_AXES = {"fid": "FID (Inception)", "classifier_fd": "classifier FD", "class_agreement": "class agreement",
+                "arc": "ARC (lower: closer to real)"}
 
 
 def _save(figure: plt.Figure, path: Path) -> None:
@@ -45,6 +48,26 @@ def clean_vs_robust(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         axis.scatter(r["clean_accuracy"], r["robust_accuracy"])
         axis.annotate(r["cell"], (r["clean_accuracy"], r["robust_accuracy"]), fontsize=6)
     axis.set(xlabel="clean accuracy", ylabel="robust accuracy (AutoAttack)", title="Clean against robust accuracy")
+    _save(figure, path)
+
+
+def robust_vs_quality(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Robust accuracy against each quality figure of the generated set trained on, one colour per generator:
+    Wang et al.'s claim (lower FID, more robustness) and Sehwag et al.'s (ARC predicts it, FID does not)."""
+    figure, axes = plt.subplots(2, 2, figsize=(10, 7), layout="constrained")
+    for axis, (key, label) in zip(axes.flat, QUALITY_AXES.items()):
+        by_generator: dict[str, list[tuple[float, float]]] = {}
+        for r in rows:
+            if r.get(key) is not None:
+                by_generator.setdefault(r["generator"], []).append((r[key], r["robust_accuracy"]))
+        for generator, points in sorted(by_generator.items()):
+            axis.scatter([p[0] for p in points], [p[1] for p in points], label=generator)
+        axis.set(xlabel=label, ylabel="robust accuracy (AutoAttack)")
+        if not by_generator:
+            axis.text(0.5, 0.5, "no result records this figure", ha="center", va="center", transform=axis.transAxes)
+        if axis.collections:
+            axis.legend(fontsize=7)
+    figure.suptitle("Robust accuracy against the quality of the generated data")
     _save(figure, path)
 
 

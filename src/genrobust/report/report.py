@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import io
-from . import plots
+from . import arms, plots
 from .collect import COLUMNS, collect
 from .scaling import fit_scaling
 
@@ -20,7 +20,9 @@ def _cell(r: dict[str, Any], column: str) -> str:
         return ""
     if column.endswith("accuracy"):
         return f"{value:.2%}"
-    if column in ("eps", "train_flops"):
+    if column == "class_agreement":
+        return f"{value:.1%}"
+    if column in ("eps", "train_flops", "fid", "classifier_fd", "arc"):
         return f"{value:.4g}"
     return str(value)
 
@@ -43,6 +45,7 @@ def _markdown(rows: Sequence[dict[str, Any]]) -> str:
                 cells[shown.index("cell")] = f"{FLAG} {r['cell']}[^{len(notes)}]"
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += arms.markdown(rows)
     if notes:
         lines += [f"{FLAG} flagged: a failed sanity check (possible gradient masking) or a partial test set; "
                   f"left out of the scaling fits.", ""] + notes + [""]
@@ -60,6 +63,7 @@ def report(results_dir: Path, summary_csv: Path, summary_md: Path, scaling_json:
     io.write_json(scaling_json, fits)
     plots.robust_vs_generated(rows, plots_dir / "robust_vs_generated.png")
     plots.clean_vs_robust(rows, plots_dir / "clean_vs_robust.png")
+    plots.robust_vs_quality(rows, plots_dir / "robust_vs_quality.png")
     plots.training_curves(records, plots_dir / "training_curves.png")
     plots.scaling(fits, plots_dir / "scaling.png")
     print(f"report: {len(rows)} results in {summary_csv}, {summary_md}, {scaling_json} and {plots_dir}/; "

@@ -92,8 +92,10 @@ def adv_train(settings: dict[str, Any], threat: str, train_path: Path, outputs: 
     images, labels = load_real(train_path, num_classes)
     upstream = [read_meta(io.open_npz(train_path))]
     data, validation = hold_out(images, labels, cfg, train_path, settings["dataset"].get("flip", False))
+    quality = None
     if shard_dir is not None:
         upstream += load_generated(data, shard_dir, labels_path, num_classes, num_generated)
+        quality = upstream[-1].get("generated_quality")   # from labels.npz: the set's quality.json figures
     clock = StageClock("adv_train", *upstream)
     n_generated = 0 if data.generated_index is None else len(data.generated_index)
     cfg = length_for(cfg, n_generated)
@@ -117,7 +119,8 @@ def adv_train(settings: dict[str, Any], threat: str, train_path: Path, outputs: 
         return
     meta = clock.meta(history=result.history, images_seen=recipe.total_steps * cfg["batch_size"], threat=threat,
                       generator=data.generated.manifest.get("generator", settings["generator"]) if n_generated
-                      else "none", num_generated=n_generated,
+                      else "none", num_generated=n_generated, seed=seed,
+                      generated_quality=quality if n_generated else None,
                       loss=cfg["loss"], best_epoch=result.best_epoch, held_out=cfg["validation"]["size"],
                       attack_steps=cfg["attack_steps"], train_sha256=io.sha256(train_path),
                       generated_manifest_sha256=io.sha256(Path(shard_dir) / MANIFEST) if shard_dir else None)

@@ -1,0 +1,1 @@
+"""Quality of generated images: Fréchet distances between Inception feature statistics (FID)."""

@@ -1,0 +1,118 @@
+"""The `quality` stage: judge a generated set before adversarial training uses it.
+
+Four figures, each answering a different question, written to `quality.json` beside the set:
+- FID (Inception features, the number generative-model papers report; Wang et al. rank their
+  diffusion models by it): needs the FID Inception weights, so without them it is null, with why.
+- classifier FD: the same Fréchet distance on the standard classifier's penultimate features, which
+  works offline, on any dataset, and sees the data as the pipeline's own classifier does.
+- class agreement: how often that classifier's argmax is the class an image was generated for,
+  per class (a class-conditional generator that ignores its class fails here, whatever its FID).
+- ARC (Sehwag et al.): how long the sets stay distinguishable to a robust discriminator; see `arc`.
+The discriminator ARC trains at `quality.arc.select_eps` is saved too: pseudo_label's `arc` mode ranks by it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import io
+from ..data.transform import to_tensor
+from ..distributed import device
+from ..models.checkpoint import load_classifier, save_classifier
+from ..provenance import StageClock, read_meta
+from ..shards import ShardSet
+from . import arc
+from .frechet import FeatureStats, features_stats, frechet_distance
+from .inception import load_inception, make_extractor
+
+Batches = Callable[[], Iterator[np.ndarray]]
+
+
+def _batches(images: Callable[[np.ndarray], np.ndarray], count: int, batch_size: int) -> Batches:
+    """A re-iterable source of uint8 NHWC batches: the first `count` images, read a batch at a time."""
+    def iterate() -> Iterator[np.ndarray]:
+        for start in range(0, count, batch_size):
+            yield images(np.arange(start, min(start + batch_size, count)))
+    return iterate
+
+
+@torch.no_grad()
+def penultimate(model: nn.Module, target: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """Features that the classifier's last linear layer sees: what "looks alike" means to the pipeline's model."""
+    last = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    last.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
+
+    def extract(images: np.ndarray) -> np.ndarray:
+        captured.clear()
+        model(to_tensor(images, target))
+        return captured[0].double().cpu().numpy()
+    return extract
+
+
+@torch.no_grad()
+def class_agreement(model: nn.Module, generated: Batches, labels: np.ndarray, num_classes: int,
+                    target: torch.device) -> dict[str, Any]:
+    """Overall and per-class share of images the classifier puts in their conditioning class."""
+    if (labels < 0).any():
+        return {"overall": None, "per_class": None, "reason": "the set is unconditional (label -1): no class to agree with"}
+    predicted = np.concatenate([model(to_tensor(batch, target)).argmax(1).cpu().numpy() for batch in generated()])
+    hits = predicted == labels
+    per_class = [float(hits[labels == k].mean()) if (labels == k).any() else None for k in range(num_classes)]
+    return {"overall": float(hits.mean()), "per_class": per_class}
+
+
+def fid(cfg: Mapping[str, Any], real: Batches, generated: Batches, target: torch.device) -> dict[str, Any]:
+    weights = cfg["inception_weights"]
+    network, reason = load_inception(Path(weights) if weights else None, target, allow_download=cfg["inception_download"])
+    if network is None:
+        return {"value": None, "reason": reason}
+    extract = make_extractor(network, target, cfg["batch_size"])
+    return {"value": _distance(features_stats(extract, real()), features_stats(extract, generated())),
+            "features": "InceptionV3 pool3, 2048-d (pytorch-fid's FID weights)"}
+
+
+def _distance(a: FeatureStats, b: FeatureStats) -> float:
+    return frechet_distance(a.mean, a.cov, b.mean, b.cov)
+
+
+def quality(settings: Mapping[str, Any], shard_dir: Path, train_path: Path, classifier_path: Path,
+            out: Path, discriminator_out: Path) -> None:
+    cfg, num_classes, target = settings["quality"], settings["dataset"]["num_classes"], device()
+    shards = ShardSet.open(shard_dir, verify=True)
+    arrays = io.open_npz(train_path)
+    real_images, _ = io.validate_images(train_path, arrays, num_classes)
+    classifier, ckpt = load_classifier(classifier_path, num_classes, target)
+    clock = StageClock("quality", shards.manifest.get("meta", {}), read_meta(arrays), ckpt["meta"])
+    count = min(len(shards), cfg["num_images"] or len(shards))
+    real_count = min(len(real_images), cfg["num_images"] or len(real_images))
+    generated = _batches(lambda index: shards.take(index)[0], count, cfg["batch_size"])
+    real = _batches(lambda index: np.asarray(real_images[index]), real_count, cfg["batch_size"])
+    labels = np.concatenate([np.asarray(part) for part in shards.labels])[:count]   # labels only: no image read
+
+    features = penultimate(classifier, target)
+    arc_cfg = arc.ArcConfig.from_params(cfg["arc"])
+    arc_images = min(arc_cfg.images, count, real_count)  # per side; the first ones (shards are class-balanced)
+    figures, selector = arc.measure(np.asarray(real_images[:arc_images]), shards.take(np.arange(arc_images))[0],
+                                    arc_cfg, settings["seed"], target)
+    result = {
+        "generator": shards.manifest.get("generator", settings["generator"]),
+        "images": count, "real_images": real_count,
+        "fid": fid(cfg, real, generated, target),
+        "classifier_fd": {"value": _distance(features_stats(features, real()), features_stats(features, generated())),
+                          "features": f"penultimate layer of {classifier_path}"},
+        "class_agreement": class_agreement(classifier, generated, labels, num_classes, target),
+        "arc": figures,
+        "meta": clock.meta(),
+    }
+    save_classifier(discriminator_out, selector, cfg["arc"]["model"], 2,
+                    clock.meta(role="ARC robust discriminator (class 1: real)", eps=arc_cfg.select_eps))
+    io.write_json(out, result)
+    agreement = result["class_agreement"]["overall"]
+    print(f"quality: {count} images; FID {result['fid']['value']}, classifier FD {result['classifier_fd']['value']:.2f}, "
+          f"class agreement {'n/a' if agreement is None else f'{agreement:.1%}'}, ARC {figures['value']:.4f}; wrote {out}")
