@@ -47,6 +47,26 @@ def test_adapter_matches_calling_pyautoattack_directly() -> None:
     assert ours.clean_accuracy >= 0.5
 
 
+def test_standard_autoattack_gives_the_package_verdicts_point_by_point() -> None:
+    """Our speed-ups (frozen weights, deferred logit checks) must leave every attack's result as the package's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.SiLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).eval()
+    x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))      # 8x8: FAB's projections and Square stay cheap
+    with torch.no_grad():
+        y[:12] = model(x[:12]).argmax(1)
+    threat = Threat("Linf", 8 / 255, 2 / 255)
+    ours = run_autoattack(model, x, y, threat, "standard", None, 16, seed=0)
+    assert all(parameter.requires_grad for parameter in model.parameters())     # unfrozen again
+    direct = AutoAttack(model, norm="Linf", eps=threat.eps, version="standard", seed=0)
+    x_adv, y_adv = direct.run_standard_evaluation(x, y, batch_size=16)
+    assert ours.attacks == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert torch.equal(ours.robust, y_adv == y)
+    # measured: clean 75%, 37.5% after APGD-CE, 31.25% after APGD-T: more than one attack changed verdicts
+    assert 0 < ours.robust_accuracy < ours.per_attack["apgd-ce"] < ours.clean_accuracy
+    with torch.no_grad():
+        assert torch.equal(model(x_adv).argmax(1) == y, ours.robust)
+
+
 def test_nan_logits_stop_the_evaluation() -> None:
     class Broken(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,12 +3,21 @@
 `run_standard_evaluation` returns only the adversarial examples; the accuracy after each
 attack in the sequence is logged by the package, so we read it off its logger rather than
 re-running attacks. The final robust accuracy is recomputed from the returned examples.
+
+The attacks are the package's, unmodified; what we change is only what they run on
+(benchmarks/evaluate.py measures it). The model's weights are frozen for the run: the attacks
+need gradients with respect to the input only, but FAB calls `.backward()`, which otherwise
+also computes and accumulates every weight's gradient, and every forward under autograd
+keeps the activations those weight gradients need. Freezing changes no input gradient, so
+the adversarial examples are the same bit for bit (tests/test_evaluation.py checks it per point).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -39,23 +48,46 @@ class AttackResult:
     robust_accuracy: float
     per_attack: dict[str, float] = field(default_factory=dict)
     attacks: list[str] = field(default_factory=list)
+    robust: torch.Tensor | None = None     # per point: still classified correctly after every attack
 
 
 class _CheckedLogits(nn.Module):
-    """Refuses NaN or infinite logits, which would make every attack silently fail."""
+    """Refuses NaN or infinite logits, which would make every attack silently fail.
+
+    The clean pass is checked at once; during the attacks the count of bad images is kept on
+    the device and checked after them, so that the thousands of forwards of Square and FAB do
+    not each wait for the device to report back.
+    """
 
     def __init__(self, model: nn.Module, source: str) -> None:
         super().__init__()
         self.model = model
         self.source = source
+        self.nonfinite = torch.zeros((), dtype=torch.long)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
-        if not torch.isfinite(logits).all():
-            bad = int((~torch.isfinite(logits)).any(1).sum())
-            raise UserError(f"{self.source}: the model produced NaN or infinite logits for {bad} of {len(x)} images; "
-                            f"expected finite logits, so refusing to evaluate it")
+        self.nonfinite = self.nonfinite.to(logits.device) + (~torch.isfinite(logits)).any(1).sum()
         return logits
+
+    def check(self, images: int) -> None:
+        bad = int(self.nonfinite)
+        if bad:
+            raise UserError(f"{self.source}: the model produced NaN or infinite logits for {bad} of {images} images "
+                            f"it was given; expected finite logits, so refusing to evaluate it")
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Weights without gradients for the duration (see the module's docstring), restored after."""
+    wanted = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    for parameter, _ in wanted:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in wanted:
+            parameter.requires_grad_(flag)
 
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, version: str,
@@ -63,6 +95,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     """`source` names the model in errors (its checkpoint file)."""
     checked = _CheckedLogits(model, source).eval()
     clean = accuracy(checked, x, y, batch_size)
+    checked.check(len(x))
     adversary = AutoAttack(checked, norm=threat.norm, eps=threat.eps, version=version, seed=seed, device=x.device,
                            attacks=attacks if version == "custom" else None)
     num_classes = int(checked(x[:1]).shape[1])
@@ -75,11 +108,14 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     try:
-        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+        with _frozen(model):
+            x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
-    robust = accuracy(checked, x_adv, y, batch_size)
+    verdicts = _correct(checked, x_adv, y, batch_size)
+    checked.check(len(x))
+    robust = float(verdicts.float().mean()) if len(x) else 0.0
     ran = list(adversary.attacks_to_run)
     # The package logs percentages to two decimals: snap them back to whole points. Attacks skipped
     # because no robust point was left leave the accuracy where it was.
@@ -87,4 +123,10 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     for attack in ran:
         last = round(handler.after[attack] * len(x)) / len(x) if attack in handler.after else last
         per_attack[attack] = last
-    return AttackResult(clean, robust, per_attack, ran)
+    return AttackResult(clean, robust, per_attack, ran, verdicts.cpu())
+
+
+@torch.no_grad()
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size] for i in range(0, len(x), batch_size)]
+                     or [torch.zeros(0, dtype=torch.bool, device=x.device)])
