@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml envs/constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	snakemake --profile workflow/profiles/default --cores $(CORES) results/digits_linf.json
+	snakemake --profile workflow/profiles/default --cores $(CORES) results/digits_linf.json --configfile workflow/demo.yaml
 	@echo "The result is in results/digits_linf.json:"
 	@python -c "import json; r = json.load(open('results/digits_linf.json')); print(f\"clean accuracy {r['clean_accuracy']:.1%}, AutoAttack robust accuracy {r['robust_accuracy']:.1%} on {r['n_examples']} test points\")"
 	@python -c "import json; q = json.load(open('data/digits/generated/edm/quality.json')); print(f\"generated digits: the classifier agrees with their class on {q['class_agreement']['overall']:.1%}; ARC {q['arc']['value']:.3f}, classifier FD {q['classifier_fd']['value']:.1f} (data/digits/generated/edm/quality.json)\")"
