@@ -112,7 +112,8 @@ def stage_arm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat
         started = time.perf_counter()
         results = []
         with_log(timing, lambda: results.append(run_autoattack(model, x, y, threat, "standard", None, batch, seed)))
-        timing.robust = results[0].robust_accuracy
+        result = results[0]
+        timing.robust = result.robust_accuracy
         timing.extra["autoattack"] = time.perf_counter() - started
         if sanity:
             started = time.perf_counter()
