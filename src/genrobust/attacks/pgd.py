@@ -59,11 +59,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, step
 
 
 @torch.no_grad()
+def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per point, whether the model classifies it right; in batches, so that a full test set never
+    has to fit on the device at once."""
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size] for i in range(0, len(x), batch_size)]
+                     or [torch.zeros(0, dtype=torch.bool, device=x.device)])
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """In batches, so that a full test set never has to fit on the device at once."""
-    correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                  for i in range(0, len(x), batch_size))
-    return correct / len(x) if len(x) else 0.0
+    return int(correct(model, x, y, batch_size).sum()) / len(x) if len(x) else 0.0
 
 
 @torch.no_grad()

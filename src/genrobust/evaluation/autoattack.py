@@ -24,7 +24,7 @@ import torch
 from pyautoattack import AutoAttack
 from torch import nn
 
-from ..attacks.pgd import accuracy
+from ..attacks.pgd import accuracy, correct
 from ..attacks.threat import Threat
 from ..errors import UserError
 
@@ -113,9 +113,9 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
-    verdicts = _correct(checked, x_adv, y, batch_size)
+    verdicts = correct(checked, x_adv, y, batch_size)
     checked.check(len(x))
-    robust = float(verdicts.float().mean()) if len(x) else 0.0
+    robust = int(verdicts.sum()) / len(x) if len(x) else 0.0
     ran = list(adversary.attacks_to_run)
     # The package logs percentages to two decimals: snap them back to whole points. Attacks skipped
     # because no robust point was left leave the accuracy where it was.
@@ -124,9 +124,3 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         last = round(handler.after[attack] * len(x)) / len(x) if attack in handler.after else last
         per_attack[attack] = last
     return AttackResult(clean, robust, per_attack, ran, verdicts.cpu())
-
-
-@torch.no_grad()
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size] for i in range(0, len(x), batch_size)]
-                     or [torch.zeros(0, dtype=torch.bool, device=x.device)])
