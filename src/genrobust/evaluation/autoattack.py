@@ -70,11 +70,12 @@ class _CheckedLogits(nn.Module):
         self.nonfinite = self.nonfinite.to(logits.device) + (~torch.isfinite(logits)).any(1).sum()
         return logits
 
-    def check(self, images: int) -> None:
-        bad = int(self.nonfinite)
+    def check(self, what: str) -> None:
+        """`what` says which inputs the count covers; the count starts again after each check."""
+        bad, self.nonfinite = int(self.nonfinite), torch.zeros((), dtype=torch.long)
         if bad:
-            raise UserError(f"{self.source}: the model produced NaN or infinite logits for {bad} of {images} images "
-                            f"it was given; expected finite logits, so refusing to evaluate it")
+            raise UserError(f"{self.source}: the model produced NaN or infinite logits for {bad} {what}; "
+                            f"expected finite logits, so refusing to evaluate it")
 
 
 @contextmanager
@@ -95,7 +96,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     """`source` names the model in errors (its checkpoint file)."""
     checked = _CheckedLogits(model, source).eval()
     clean = accuracy(checked, x, y, batch_size)
-    checked.check(len(x))
+    checked.check(f"of {len(x)} images")
     adversary = AutoAttack(checked, norm=threat.norm, eps=threat.eps, version=version, seed=seed, device=x.device,
                            attacks=attacks if version == "custom" else None)
     num_classes = int(checked(x[:1]).shape[1])
@@ -114,7 +115,7 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
     verdicts = correct(checked, x_adv, y, batch_size)
-    checked.check(len(x))
+    checked.check("of the inputs the attacks tried")
     robust = int(verdicts.sum()) / len(x) if len(x) else 0.0
     ran = list(adversary.attacks_to_run)
     # The package logs percentages to two decimals: snap them back to whole points. Attacks skipped
