@@ -27,4 +27,6 @@ rule all:
             dataset=PARAMS["pipeline"]["datasets"],
             threat=PARAMS["pipeline"]["threats"],
         ),
+        expand("results/{dataset}_smooth{sigma}.json", dataset=PARAMS["pipeline"]["datasets"],
+               sigma=PARAMS["pipeline"]["sigmas"]),
         "results/summary.csv",

@@ -26,4 +26,4 @@ def test_the_closure_follows_lazy_imports_and_misses_nothing_a_stage_runs() -> N
     assert {"src/genrobust/attacks/pgd.py", "src/genrobust/models/wideresnet.py", "src/genrobust/io.py",
             "src/genrobust/evaluation/autoattack.py", "src/genrobust/schemas/result.schema.yaml"} <= files
     assert not any(f.startswith("src/genrobust/diffusion/") for f in files)
-    assert code_deps.entry_modules("adv_train") == ["genrobust.training.adversarial"]
+    assert code_deps.entry_modules("adv_train") == ["genrobust.training.adversarial", "genrobust.training.mixed"]

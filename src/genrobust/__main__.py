@@ -31,9 +31,29 @@ GENERATOR = ("--generator", {"required": True, "choices": ["edm", "ddpm"], "help
 THREAT = ("--threat", {"required": True, "choices": ["linf", "l2"], "help": "threat model (see `threats:`)"})
 SHARD = ("--shard", {"type": int, "action": "append",
                      "help": "make only this shard (repeatable) and no manifest; without it: every missing shard, then the manifest"})
+SIGMA = ("--sigma", {"required": True, "type": float,
+                     "help": "Gaussian noise standard deviation on [0, 1] pixels (Cohen et al.: 0.12, 0.25, 0.5, 1.0)"})
 WORK = ("--work", {"required": True, "type": Path, "help": "resume state; not a pipeline output, so never deleted"})
 RESTART = ("--restart", {"action": "store_true",
                          "help": "train from step 0 on purpose: set the resume state in --work aside (as *.stale)"})
+
+
+CELL = (("--num-generated", {"type": int, "help": "use only the first N kept generated images (a grid cell)"}),
+        ("--activation", {"choices": ["relu", "silu", "gelu", "softplus"],
+                          "help": "override the stage's model.activation (a grid cell)"}),
+        ("--seed", {"type": int, "help": "override params' seed for this training run (a grid's seed axis)"}))
+
+
+def _cell_settings(settings: dict, args: argparse.Namespace, stage: str) -> None:
+    """A training stage's generated-data arguments checked, and a grid cell's overrides applied."""
+    if (args.shards is None) != (args.labels is None):
+        raise UserError(f"{stage}: give both --shards and --labels, or neither (no generated data)")
+    if args.num_generated is not None and args.shards is None:
+        raise UserError(f"{stage}: --num-generated needs --shards and --labels")
+    if args.activation:
+        settings[stage]["model"] = dict(settings[stage]["model"], activation=args.activation)
+    if args.seed is not None:
+        settings["seed"] = args.seed
 
 
 def _path(flag: str, help_text: str, required: bool = True) -> tuple[str, dict[str, Any]]:
@@ -114,22 +134,37 @@ def _pseudo_label(settings: dict, args: argparse.Namespace) -> None:
         _path("--out", "checkpoint to write: the best by held-out PGD accuracy (the last without validation)"),
         _path("--last", "checkpoint of the last epoch to write"),
         _path("--metrics", "per-epoch metrics TSV to write (dvc plots draws it)"), WORK, RESTART,
-        ("--num-generated", {"type": int, "help": "use only the first N kept generated images (a grid cell)"}),
-        ("--activation", {"choices": ["relu", "silu", "gelu", "softplus"],
-                          "help": "override adv_train.model.activation (a grid cell)"}),
-        ("--seed", {"type": int, "help": "override params' seed for this training run (a grid's seed axis)"}))
+        *CELL)
 def _adv_train(settings: dict, args: argparse.Namespace) -> None:
-    from .training.adversarial import Outputs, adv_train
-    if (args.shards is None) != (args.labels is None):
-        raise UserError("adv_train: give both --shards and --labels, or neither (no generated data)")
-    if args.num_generated is not None and args.shards is None:
-        raise UserError("adv_train: --num-generated needs --shards and --labels")
-    if args.activation:
-        settings["adv_train"]["model"] = dict(settings["adv_train"]["model"], activation=args.activation)
-    if args.seed is not None:
-        settings["seed"] = args.seed
+    from .training.adversarial import adv_train
+    from .training.mixed import Outputs
+    _cell_settings(settings, args, "adv_train")
     adv_train(settings, args.threat, args.train, Outputs(args.out, args.last, args.metrics), args.work,
               args.shards, args.labels, args.num_generated, args.restart)
+
+
+@_stage("smooth_train", "randomized smoothing's base classifier: Gaussian noise augmentation on real + generated "
+        "batches (resumable)", DATASET, SIGMA,
+        _path("--train", "train npz"), _path("--shards", "generated shard directory", required=False),
+        _path("--labels", "pseudo-labels npz of those shards", required=False),
+        _path("--out", "checkpoint to write: the best by held-out noisy accuracy (the last without validation)"),
+        _path("--last", "checkpoint of the last epoch to write"),
+        _path("--metrics", "per-epoch metrics TSV to write"), WORK, RESTART, *CELL)
+def _smooth_train(settings: dict, args: argparse.Namespace) -> None:
+    from .training.mixed import Outputs
+    from .training.smoothing import smooth_train
+    _cell_settings(settings, args, "smooth_train")
+    smooth_train(settings, args.sigma, args.train, Outputs(args.out, args.last, args.metrics), args.work,
+                 args.shards, args.labels, args.num_generated, args.restart)
+
+
+@_stage("certify", "certified L2 accuracy of the smoothed classifier (Cohen et al.'s CERTIFY; resumable per point)",
+        DATASET, SIGMA, _path("--checkpoint", "base classifier checkpoint"), _path("--test", "test npz"),
+        _path("--out", "certified result JSON to write"), WORK,
+        ("--restart", {"action": "store_true", "help": "certify from the first point: set the saved rows aside"}))
+def _certify(settings: dict, args: argparse.Namespace) -> None:
+    from .certification.certify import certify
+    certify(settings, args.sigma, args.checkpoint, args.test, args.out, args.work, args.restart)
 
 
 @_stage("evaluate", "AutoAttack on the test set; writes the result JSON", DATASET, THREAT,

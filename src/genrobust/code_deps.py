@@ -29,7 +29,8 @@ import yaml
 PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.parent.parent          # the repository: dvc.yaml's src/ paths are relative to it
 ALWAYS = ("genrobust.__main__", "genrobust.distributed")   # main() imports distributed for every stage
-SCHEMAS = {"config.py": "params.schema.yaml", "evaluation/result_schema.py": "result.schema.yaml"}   # data they read
+SCHEMAS = {"config.py": ("params.schema.yaml",),   # the data they read
+           "evaluation/result_schema.py": ("result.schema.yaml", "certified.schema.yaml")}
 
 
 def entry_modules(stage: str) -> list[str]:
@@ -57,7 +58,8 @@ def closure(stage: str) -> list[str]:
              "    if n.split('.')[0] == 'genrobust' and getattr(m, '__file__', None))))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     files = {Path(path).resolve() for path in json.loads(done.stdout)}
-    files |= {PACKAGE / "schemas" / name for module, name in SCHEMAS.items() if PACKAGE / module in files}
+    files |= {PACKAGE / "schemas" / name for module, names in SCHEMAS.items() if PACKAGE / module in files
+              for name in names}
     return sorted(f"src/{path.relative_to(PACKAGE.parent).as_posix()}" for path in files)
 
 

@@ -22,7 +22,8 @@ from .errors import UserError
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "params.schema.yaml"   # package data (workflow/schemas links here)
 GLOBAL_KEYS = ("seed", "preset", "datasets")   # every stage resolves its dataset and preset from these
-STAGE_SECTIONS = ("diffusion", "sample", "gaussian", "classifier", "quality", "pseudo_label", "adv_train", "evaluate")
+STAGE_SECTIONS = ("diffusion", "sample", "gaussian", "classifier", "quality", "pseudo_label", "adv_train",
+                  "smooth_train", "certify", "evaluate")
 
 
 @lru_cache(maxsize=1)

@@ -46,6 +46,7 @@ def overrides(*sections):
 wildcard_constraints:
     dataset="[a-z][a-z0-9_]*",
     threat="linf|l2",
+    sigma=r"\d+(\.\d+)?",
     diffusion="edm|ddpm",
     generator="edm|ddpm|gaussian|external",
     shard=r"\d{5}",
@@ -124,8 +125,9 @@ def cell_settings(section):
         cell = cell_of(wildcards)
         described = {key: value for key, value in cell.as_dict().items() if key != "grid"}
         resolved = params_config.resolve(PARAMS, cell.dataset)
+        threat = PARAMS["threats"][cell.threat] if cell.sigma is None else None   # certified cells have none
         return json.dumps({section: resolved[section], "dataset": resolved["dataset"], "cell": described,
-                           "threat": PARAMS["threats"][cell.threat]}, sort_keys=True)
+                           "threat": threat}, sort_keys=True)
 
     return resolve
 

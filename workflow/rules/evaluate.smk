@@ -23,3 +23,30 @@ rule evaluate:
     shell:
         "python -m genrobust evaluate --dataset {wildcards.dataset} --threat {wildcards.threat} --checkpoint {input.model} "
         "--test {input.test} --out {output.result} --model-info {output.info} {params.overrides} > {log} 2>&1"
+
+
+rule certify:
+    input:
+        model="models/{dataset}/smooth/{sigma}/model.pt",
+        test="data/{dataset}/test.npz",
+        code=CODE["certify"],
+    output:
+        result="results/{dataset}_smooth{sigma}.json",
+    params:
+        overrides=overrides("certify"),
+        settings=settings("certify"),
+        work="work/{dataset}/certify/smooth{sigma}",
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/certify_smooth{sigma}.log",
+    benchmark:
+        "benchmarks/{dataset}/certify_smooth{sigma}.tsv"
+    threads: all_cores()
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=1440,
+    shell:
+        "python -m genrobust certify --dataset {wildcards.dataset} --sigma {wildcards.sigma} --checkpoint {input.model} "
+        "--test {input.test} --out {output.result} --work {params.work} {params.overrides} > {log} 2>&1"

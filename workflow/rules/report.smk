@@ -1,7 +1,8 @@
 # The report: a table of every result found, figures, and the scaling fit. Its inputs are the main
 # pipeline's results and the cells of pipeline.grids; the stage also lists any other result it finds.
 
-PLOTS = ["robust_vs_generated", "clean_vs_robust", "robust_vs_quality", "training_curves", "scaling"]
+PLOTS = ["robust_vs_generated", "clean_vs_robust", "robust_vs_quality", "training_curves", "scaling",
+         "certified_vs_radius"]
 
 
 rule report:
@@ -11,6 +12,8 @@ rule report:
             dataset=PARAMS["pipeline"]["datasets"],
             threat=PARAMS["pipeline"]["threats"],
         ),
+        expand("results/{dataset}_smooth{sigma}.json", dataset=PARAMS["pipeline"]["datasets"],
+               sigma=PARAMS["pipeline"]["sigmas"]),
         [result for grid in PARAMS["pipeline"]["grids"] for result in grid_results(grid)],
     output:
         csv=report("results/summary.csv", caption="../report/summary.rst", category="Results"),

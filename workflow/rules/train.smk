@@ -89,3 +89,35 @@ rule adv_train:
         "{params.launcher} -m genrobust adv_train --dataset {wildcards.dataset} --threat {wildcards.threat} --train {input.train} "
         "{params.generated} --out {output.model} --last {output.last} --metrics {output.metrics} --work {params.work} "
         "{params.overrides} > {log} 2>&1"
+
+
+rule smooth_train:
+    input:
+        unpack(generated_inputs),
+        train="data/{dataset}/train.npz",
+        code=CODE["smooth_train"],
+    output:
+        model="models/{dataset}/smooth/{sigma}/model.pt",
+        last="models/{dataset}/smooth/{sigma}/last.pt",
+        metrics="models/{dataset}/smooth/{sigma}/metrics.tsv",
+    params:
+        launcher=launcher,
+        overrides=overrides("smooth_train", "generator"),
+        settings=settings("smooth_train", "dataset"),
+        generated=generated_args,
+        work="work/{dataset}/smooth/{sigma}",
+    conda:
+        "../../envs/genrobust.yaml"
+    log:
+        "logs/{dataset}/smooth_train_{sigma}.log",
+    benchmark:
+        "benchmarks/{dataset}/smooth_train_{sigma}.tsv"
+    threads: all_cores()
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=2880,
+    shell:
+        "{params.launcher} -m genrobust smooth_train --dataset {wildcards.dataset} --sigma {wildcards.sigma} "
+        "--train {input.train} {params.generated} --out {output.model} --last {output.last} --metrics {output.metrics} "
+        "--work {params.work} {params.overrides} > {log} 2>&1"

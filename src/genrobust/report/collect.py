@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .certified import is_certified
 from .flops import flops_per_image
 
 COLUMNS = ["grid", "cell", "dataset", "threat", "eps", "generator", "num_generated", "arch", "activation", "loss",
@@ -23,9 +24,11 @@ REQUIRED = ("dataset", "threat", "clean_accuracy", "robust_accuracy", "model")
 
 
 def result_files(results_dir: Path) -> list[Path]:
-    """The pipeline's `results/{dataset}_{threat}.json` and the grids' `results/grid/{grid}/{cell}.json`."""
+    """The pipeline's `results/{dataset}_{threat}.json` and the grids' `results/grid/{grid}/{cell}.json`
+    (certified results have their own table: report/certified.py)."""
     found = sorted(results_dir.glob("*_*.json")) + sorted(results_dir.glob("grid/*/*.json"))
-    return [path for path in found if "." not in path.stem]     # not side files such as X.model_info.json
+    # not side files such as X.model_info.json, nor certified results
+    return [path for path in found if "." not in path.stem and not is_certified(path)]
 
 
 def load_result(path: Path) -> dict[str, Any]:

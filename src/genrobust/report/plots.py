@@ -14,7 +14,7 @@ from .. import io  # noqa: E402
 from .scaling import AXES  # noqa: E402
 
 FIGURES = ("robust_vs_generated.png", "clean_vs_robust.png", "robust_vs_quality.png", "training_curves.png",
-           "scaling.png")
+           "scaling.png", "certified_vs_radius.png")
 QUALITY_AXES = {"fid": "FID (Inception)", "classifier_fd": "classifier FD", "class_agreement": "class agreement",
                 "arc": "ARC (lower: closer to real)"}
 
@@ -103,4 +103,19 @@ def scaling(fits: Mapping[str, Any], path: Path) -> None:
         axis.set(xlabel=AXES[name][1], ylabel="robust accuracy", title=f"Scaling with {name}: a - b x^-c")
         if axis.collections:
             axis.legend(fontsize=5)
+    _save(figure, path)
+
+
+def certified_vs_radius(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Cohen et al.'s figure: certified accuracy against L2 radius, a line per (grid, sigma, generator, images)."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        points = r["curve"]
+        axis.step([p["radius"] for p in points], [p["certified_accuracy"] for p in points], where="post",
+                  label=f"{r['grid']}: {r['dataset']} sigma={r['sigma']:g} {r['generator']} {r['num_generated']}")
+    axis.set(xlabel="L2 radius", ylabel="certified accuracy", title="Certified accuracy of the smoothed classifiers")
+    if rows:
+        axis.legend(fontsize=6)
+    else:
+        axis.text(0.5, 0.5, "no certified results", ha="center", va="center", transform=axis.transAxes)
     _save(figure, path)

@@ -45,7 +45,7 @@ STATE_KEYS = ("key", "step", "model", "optimizer", "ema", "history", "best")
 
 @dataclass(frozen=True)
 class Recipe:
-    loss: str                       # ce | trades | pgd
+    loss: str                       # ce | trades | pgd | gaussian (Cohen et al.'s noise augmentation)
     total_steps: int
     lr: float
     momentum: float                 # the cosine schedule's; cosinew cycles it (0.95 -> 0.85 -> 0.95)
@@ -54,7 +54,7 @@ class Recipe:
     warmup_fraction: float          # of training: learning-rate warm-up, and the EMA's copy-only phase
     ema_decay: float | None
     seed: int
-    threat: Threat | None = None    # None: standard training (loss ce)
+    threat: Threat | None = None    # None: no attack (losses ce and gaussian)
     attack_steps: int = 0
     beta: float = 0.0
     label_smoothing: float = 0.0    # TRADES' natural term and plain CE training (PGD-AT takes plain CE)
@@ -66,6 +66,9 @@ class Recipe:
     schedule: str = "cosine"        # cosine (per step) | cosinew (DM-Improves-AT: OneCycleLR per epoch)
     bn_momentum: float | None = None  # batch-norm momentum after a first step at 1.0; None: PyTorch's 0.1 throughout
     trades_attack: str = "batch"    # batch (DM-Improves-AT) | eval (Zhang et al.); see losses.py
+    sigma: float = 0.0              # the gaussian loss's noise standard deviation, in [0, 1] pixel units
+    lr_step_epochs: int = 30        # the step schedule's: lr x lr_gamma every lr_step_epochs epochs
+    lr_gamma: float = 0.1
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -74,6 +77,8 @@ class Recipe:
         if self.schedule == "cosinew":
             return one_cycle(step // steps_per_epoch, math.ceil(self.total_steps / steps_per_epoch), self.lr,
                              self.warmup_fraction)
+        if self.schedule == "step":
+            return self.lr * self.lr_gamma ** (step // steps_per_epoch // self.lr_step_epochs), self.momentum
         return cosine(step, self.total_steps, self.lr, self.warmup_fraction), self.momentum
 
 
@@ -87,13 +92,18 @@ class Validation:
     attack_steps: int
     batch_size: int = 256
 
-    def measure(self, model: nn.Module, recipe: Recipe) -> dict[str, float]:
+    def measure(self, model: nn.Module, recipe: Recipe) -> tuple[dict[str, float], float]:
+        """The row's figures, and the score that picks the best epoch: PGD accuracy, or under the
+        gaussian loss the accuracy on noisy copies (what the smoothed classifier's vote counts)."""
         device = next(model.parameters()).device
         x, y = to_tensor(self.images, device), torch.from_numpy(self.labels).to(device)
         clean = accuracy(model, x, y, self.batch_size)
-        torch.manual_seed(recipe.seed)      # the same random starts at every validation
+        torch.manual_seed(recipe.seed)      # the same random starts (or noise) at every validation
+        if recipe.threat is None:
+            noisy = accuracy(model, x + recipe.sigma * torch.randn_like(x), y, self.batch_size)
+            return {"val_clean_accuracy": clean, "val_noisy_accuracy": noisy}, noisy
         robust = robust_accuracy(model, x, y, recipe.threat, self.attack_steps, self.batch_size)
-        return {"val_clean_accuracy": clean, "val_robust_accuracy": robust}
+        return {"val_clean_accuracy": clean, "val_robust_accuracy": robust}, robust
 
 
 @dataclass
@@ -122,6 +132,8 @@ def _loss(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor
                            trained, recipe.trades_attack)
     if recipe.loss == "pgd":
         return pgd_at_loss(model, x, y, recipe.threat, recipe.attack_steps, trained)
+    if recipe.loss == "gaussian":   # Cohen et al.: unclipped noise on [0, 1] pixels, before normalisation
+        return F.cross_entropy(trained(x + recipe.sigma * torch.randn_like(x)), y)
     raise ValueError(f"unknown loss {recipe.loss!r}")
 
 
@@ -229,9 +241,10 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
                    "loss": seen_loss / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
                    "images_per_s": seen * world / (time.perf_counter() - started)}
             if validation is not None and main and (epoch % validation.every == 0 or step == recipe.total_steps):
-                row |= validation.measure(averaged.eval(), recipe)
-                if best is None or row["val_robust_accuracy"] > best["score"]:
-                    best = {"epoch": epoch, "score": row["val_robust_accuracy"],
+                figures, score = validation.measure(averaged.eval(), recipe)
+                row |= figures
+                if best is None or score > best["score"]:
+                    best = {"epoch": epoch, "score": score,
                             "model": copy.deepcopy(averaged.state_dict())}
             model.train()
             history.append(row)

@@ -3,13 +3,14 @@
 cosinew  DM-Improves-AT's schedule: PyTorch's OneCycleLR(max_lr=lr, pct_start, total_steps=epochs) stepped
          once per epoch, so the rate starts at lr/25, and SGD momentum cycles 0.95 -> 0.85 -> 0.95
 cosine   per step: linear warm-up from lr/warm-up steps, then cosine decay to zero; momentum fixed
+step     Cohen et al.'s StepLR: lr x gamma every few epochs; momentum fixed (Recipe.lr_momentum)
 """
 
 from __future__ import annotations
 
 import math
 
-SCHEDULES = ("cosinew", "cosine")
+SCHEDULES = ("cosinew", "cosine", "step")
 DIV_FACTOR, FINAL_DIV_FACTOR = 25.0, 1e4          # OneCycleLR's defaults
 BASE_MOMENTUM, MAX_MOMENTUM = 0.85, 0.95
 
