@@ -25,7 +25,8 @@ def _argv_without(stage: str, missing: str) -> list[str]:
     argv = [stage]
     for flag, options in STAGES[stage][1]:
         if options.get("required") and flag != missing:
-            argv += [flag, options["choices"][0] if "choices" in options else "x"]
+            value = "0.5" if options.get("type") is float else "x"
+            argv += [flag, options["choices"][0] if "choices" in options else value]
     return argv
 
 

@@ -143,8 +143,7 @@ def _adv_train(settings: dict, args: argparse.Namespace) -> None:
               args.shards, args.labels, args.num_generated, args.restart)
 
 
-@_stage("smooth_train", "randomized smoothing's base classifier: Gaussian noise augmentation on real + generated "
-        "batches (resumable)", DATASET, SIGMA,
+@_stage("smooth_train", "Gaussian-noise training on real + generated batches (resumable)", DATASET, SIGMA,
         _path("--train", "train npz"), _path("--shards", "generated shard directory", required=False),
         _path("--labels", "pseudo-labels npz of those shards", required=False),
         _path("--out", "checkpoint to write: the best by held-out noisy accuracy (the last without validation)"),
@@ -158,7 +157,7 @@ def _smooth_train(settings: dict, args: argparse.Namespace) -> None:
                  args.shards, args.labels, args.num_generated, args.restart)
 
 
-@_stage("certify", "certified L2 accuracy of the smoothed classifier (Cohen et al.'s CERTIFY; resumable per point)",
+@_stage("certify", "certified L2 accuracy of the smoothed classifier (resumable)",
         DATASET, SIGMA, _path("--checkpoint", "base classifier checkpoint"), _path("--test", "test npz"),
         _path("--out", "certified result JSON to write"), WORK,
         ("--restart", {"action": "store_true", "help": "certify from the first point: set the saved rows aside"}))
