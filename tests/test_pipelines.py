@@ -230,15 +230,18 @@ def test_dvc_grid_cells_file_is_current_and_its_stages_match_snakemake(tmp_path:
 
     project = copy_project(tmp_path / "p")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["pipeline"]["grids"] = ["gowal_smoke", "sehwag_smoke"]
+    params["pipeline"].update(grids=["gowal_smoke", "sehwag_smoke", "sehwag_certified_smoke"], sigmas=[0.25])
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["python", "-m", "genrobust", "grid_cells", "--out", "workflow/grid_cells.yaml"], project)
     run(["git", "init", "-q"], project)
     jobs = parse_dry_run(run(["snakemake", "-n", "-p", "--forceall", "--cores", "1", "grid_gowal_smoke",
-                              "grid_sehwag_smoke"], project).stdout)
-    by_output = {job["output"][0]: job for rule in ("adv_train_cell", "evaluate_cell") for job in jobs[rule]}
-    stages = [s for s in Repo(str(project)).index.stages if s.name.split("@")[0] in ("adv_train_cell", "evaluate_cell")]
-    assert len(stages) == len(by_output) == 6 + 7      # 6 distinct cells; results: gowal 3 + sehwag 4
+                              "grid_sehwag_smoke", "grid_sehwag_certified_smoke", "results/digits_smooth0.25.json"],
+                             project).stdout)
+    rules = ("adv_train_cell", "evaluate_cell", "smooth_train_cell", "certify_cell", "smooth_train", "certify")
+    by_output = {job["output"][0]: job for rule in rules for job in jobs[rule]}
+    stages = [s for s in Repo(str(project)).index.stages if s.name.split("@")[0] in rules]
+    # 6 distinct cells, results gowal 3 + sehwag 4; certified: 4 cells, 4 results; the sigma 0.25 pair
+    assert len(stages) == len(by_output) == 6 + 7 + 4 + 4 + 2
     for stage in stages:
         job = by_output[str(stage.outs[0].def_path)]
         assert re.sub(r"\s+>.*$", "", job["shell"]).strip() == stage.cmd, stage.name
@@ -273,3 +276,40 @@ def test_a_smoke_grid_shares_upstream_work_and_the_report_lists_every_cell(snake
     run(["snakemake", "--cores", "1", "--report", "results/report.html", "results/summary.csv"], project)
     html = (project / "results/report.html").read_text(errors="replace")
     assert "robust_vs_generated.png" in html and "scaling.png" in html
+
+
+@pytest.mark.e2e
+def test_certified_target_and_smoke_grid_run_and_the_report_draws_their_curves(snakemake_project: Path) -> None:
+    """After the grid test: results/digits_smooth0.25.json and the certified smoke grid on the main run's data."""
+    from PIL import Image
+
+    project = snakemake_project
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["pipeline"].update(grids=["sehwag_certified_smoke"], sigmas=[0.25])
+    params["presets"]["smoke"]["smooth_train"]["epochs"] = 2
+    params["presets"]["smoke"]["certify"].update(n_examples=16, n=100, batch_size=110)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    plan = run(["snakemake", "-n", "--cores", "2", "results/digits_smooth0.25.json", "grid_sehwag_certified_smoke"],
+               project).stdout
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, re.MULTILINE))
+    assert counts == {"smooth_train": "1", "certify": "1", "smooth_train_cell": "4", "certify_cell": "4",
+                      "grid_sehwag_certified_smoke": "1", "total": "11"}, plan
+    run(["snakemake", "--cores", "2", "results/digits_smooth0.25.json", "grid_sehwag_certified_smoke"], project)
+    result = json.loads((project / "results/digits_smooth0.25.json").read_text())
+    assert (result["sigma"], result["trained_sigma"], result["generator"]) == (0.25, 0.25, "edm")
+    assert result["n_examples"] == 16 and result["certify"]["n"] == 100 and len(result["points"]) == 16
+    assert list(result["certified_accuracy"]) == ["0", "0.25", "0.5", "0.75", "1"]
+    assert result["certified_accuracy"]["0"] == result["clean_accuracy"] >= result["certified_accuracy"]["0.25"]
+    assert result["certified_accuracy"]["0.5"] == 0.0      # n = 100 cannot prove more than 0.25 * PhiInv(0.001 ** 0.01)
+    assert set(result["stage_wall_time_s"]) >= {"smooth_train", "certify", "pseudo_label"}
+    none = json.loads((project / "results/grid/sehwag_certified_smoke/digits_smooth0p5_none_0_relu.json").read_text())
+    assert (none["sigma"], none["generator"], none["num_generated"]) == (0.5, "none", 0)
+    again = run(["snakemake", "-n", "--cores", "2", "results/digits_smooth0.25.json", "grid_sehwag_certified_smoke"],
+                project)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    run(["snakemake", "--cores", "2", "results/summary.csv", "--rerun-triggers", "mtime"], project)
+    markdown = (project / "results/summary.md").read_text()
+    assert "## Certified L2 robustness" in markdown and "digits_smooth0p25_edm_300_relu" in markdown
+    assert "digits_smooth0.25" in markdown and "digits_smooth" not in (project / "results/summary.csv").read_text()
+    with Image.open(project / "results/plots/certified_vs_radius.png") as image:
+        image.verify()

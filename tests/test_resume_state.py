@@ -213,3 +213,9 @@ def test_cli_names_restart_when_no_state_is_usable_and_restart_starts_afresh(tmp
     assert "resuming" not in "".join(capsys.readouterr())
     assert (tmp_path / "work" / f"{name}.stale").read_bytes() == GARBAGE
     assert _step(current) > _step(previous) > 0
+
+
+def test_a_recipe_key_is_the_one_older_states_were_saved_under() -> None:
+    """The certified path added Recipe fields; at their defaults they stay out of the key, so a state saved by
+    4fb9ca0 (before them) still resumes instead of being set aside as another run's."""
+    assert RECIPE.key() == "517045fb0adb313e"

@@ -7,17 +7,12 @@ training history), so a certified number can be traced to the data and model beh
 
 from __future__ import annotations
 
-import platform
-import socket
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from .. import io
-from ..evaluation.evaluate import package_versions
+from ..evaluation.evaluate import provenance
 from ..evaluation.result_schema import CERTIFIED_SCHEMA, validate_result
-from ..provenance import gpu_hours
 
 
 def certified_accuracy(rows: Sequence[dict[str, Any]], radius: float) -> float:
@@ -55,20 +50,7 @@ def certified_record(settings: dict[str, Any], sigma: float, rows: list[dict[str
         "points": rows,
         "model": ckpt["model"],
         "trained_sigma": meta.get("sigma"),
-        "generator": meta.get("generator", "none"),
-        "num_generated": meta.get("num_generated", 0),
-        "seed": meta.get("seed"),
-        "generated_quality": meta.get("generated_quality"),
-        "images_seen": meta.get("images_seen"),
-        "training_loss": meta.get("loss"),
-        "hashes": {"checkpoint_sha256": io.sha256(checkpoint), "test_data_sha256": io.sha256(test_path),
-                   "train_data_sha256": meta.get("train_sha256"),
-                   "generated_manifest_sha256": meta.get("generated_manifest_sha256")},
-        "package_versions": package_versions(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
-        "host": socket.gethostname(),
-        "stage_wall_time_s": stages["stage_wall_time_s"],
-        "stage_gpu_hours": gpu_hours(stages),
+        **provenance(meta, checkpoint, test_path, stages),
         "training": {"history": meta.get("history", []), "best_epoch": meta.get("best_epoch"),
                      "checkpoint": meta.get("checkpoint"), "held_out": meta.get("held_out")},
         "checkpoint": str(checkpoint),

@@ -40,6 +40,27 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def provenance(meta: dict[str, Any], checkpoint: Path, test_path: Path, stages: dict[str, Any]) -> dict[str, Any]:
+    """What a result says of the model and data behind it: its training data, hashes, software, device and
+    every stage's time (read from the checkpoint's meta, so pulled artifacts keep their own)."""
+    return {
+        "generator": meta.get("generator", "none"),
+        "num_generated": meta.get("num_generated", 0),
+        "seed": meta.get("seed"),
+        "generated_quality": meta.get("generated_quality"),
+        "images_seen": meta.get("images_seen"),
+        "training_loss": meta.get("loss"),
+        "hashes": {"checkpoint_sha256": io.sha256(checkpoint), "test_data_sha256": io.sha256(test_path),
+                   "train_data_sha256": meta.get("train_sha256"),
+                   "generated_manifest_sha256": meta.get("generated_manifest_sha256")},
+        "package_versions": package_versions(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+        "host": socket.gethostname(),
+        "stage_wall_time_s": stages["stage_wall_time_s"],
+        "stage_gpu_hours": gpu_hours(stages),
+    }
+
+
 def _points(cfg: dict[str, Any], available: int, test_path: Path) -> int:
     """How many test points to attack: all that params ask for, or fewer only where params allow it."""
     if available < cfg["n_examples"] and not cfg["allow_fewer"]:
@@ -85,20 +106,7 @@ def evaluate(settings: dict[str, Any], threat: str, checkpoint: Path, test_path:
         "partial": n < cfg["n_examples"],
         "test_set_size": len(images),
         "model": ckpt["model"],
-        "generator": meta.get("generator", "none"),
-        "num_generated": meta.get("num_generated", 0),
-        "seed": meta.get("seed"),
-        "generated_quality": meta.get("generated_quality"),
-        "images_seen": meta.get("images_seen"),
-        "training_loss": meta.get("loss"),
-        "hashes": {"checkpoint_sha256": io.sha256(checkpoint), "test_data_sha256": io.sha256(test_path),
-                   "train_data_sha256": meta.get("train_sha256"),
-                   "generated_manifest_sha256": meta.get("generated_manifest_sha256")},
-        "package_versions": package_versions(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
-        "host": socket.gethostname(),
-        "stage_wall_time_s": stages["stage_wall_time_s"],
-        "stage_gpu_hours": gpu_hours(stages),
+        **provenance(meta, checkpoint, test_path, stages),
         "sanity": sanity,
         "training": {"history": meta.get("history", []), "best_epoch": meta.get("best_epoch"),
                      "checkpoint": meta.get("checkpoint"), "held_out": meta.get("held_out"),

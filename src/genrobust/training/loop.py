@@ -41,6 +41,7 @@ from .schedule import cosine, one_cycle
 
 STATE_NAME = "state.pt"
 STATE_KEYS = ("key", "step", "model", "optimizer", "ema", "history", "best")
+ADDED_LATER = {"sigma": 0.0, "lr_step_epochs": 30, "lr_gamma": 0.1}   # Recipe fields of the certified path
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ class Recipe:
     lr_gamma: float = 0.1
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Fields added after resume states existed are left out at their defaults, so those states still resume."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def lr_momentum(self, step: int, steps_per_epoch: int) -> tuple[float, float]:
         if self.schedule == "cosinew":
