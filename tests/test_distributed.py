@@ -50,11 +50,17 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+def check_ranks_match_one(tmp_path: Path) -> None:
+    """The two ranks' models (written by _worker) are equal, match one process, and only rank 0 kept state;
+    tests/test_slurm.py checks the same for two SLURM tasks."""
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     single = _train(tmp_path / "single")
     for name, value in single.items():
         assert torch.equal(rank0[name], rank1[name]), name
         assert torch.allclose(rank0[name], value, atol=TOLERANCE), name
     assert (tmp_path / "work0" / "state.pt").exists() and not (tmp_path / "work1" / "state.pt").exists()
+
+
+def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    check_ranks_match_one(tmp_path)
