@@ -12,9 +12,6 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
-import torch
-
-from . import distributed
 
 META_KEY = "meta"
 
@@ -33,6 +30,8 @@ class StageClock:
 
     def meta(self, **extra: Any) -> dict[str, Any]:
         """Wall times and GPU counts (GPU-hours = seconds x GPUs / 3600; 0 GPUs for a CPU run)."""
+        import torch   # here, not at the top: the Snakefile imports this module (via shards) on every parse,
+        from . import distributed   # and each SLURM job parses it twice; torch costs 2 s of a 4.6 s parse
         times = dict(self.times, **{self.stage: round(time.perf_counter() - self.started, 3)})
         gpus = dict(self.gpus, **{self.stage: distributed.world_size() if torch.cuda.is_available() else 0})
         return {"stage": self.stage, "stage_wall_time_s": times, "stage_gpus": gpus, **extra}
