@@ -128,7 +128,7 @@ def test_a_test_set_smaller_than_n_examples_is_refused_unless_allowed(tmp_path, 
     write_images(tmp_path / "test.npz", 20)
     checkpoint = _classifier(tmp_path / "m.pt")
     line = _refused(capsys, _evaluate_argv(checkpoint, tmp_path / "test.npz", tmp_path / "r.json"))
-    assert line == (f"{tmp_path / 'test.npz'}: holds 20 test points but evaluate.n_examples = 64; lower "
+    assert line == (f"{tmp_path / 'test.npz'}: holds 20 test points but evaluate.n_examples = 32; lower "
                     f"evaluate.n_examples, or set evaluate.allow_fewer: true to score all 20 (the result then says "
                     f"partial: true)")
     assert not (tmp_path / "r.json").exists()

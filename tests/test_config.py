@@ -98,14 +98,15 @@ def test_a_float_dvc_wrote_without_a_dot_is_a_number(tmp_path) -> None:
     assert config.read_yaml(quoted) == {"value": "1e-06", "plain": 1e-6, "yes_word": True}
 
 
-def test_the_demo_overlay_only_swaps_the_smoke_diffusion_model_and_its_sampler(params: dict) -> None:
+def test_the_demo_overlay_only_swaps_the_smoke_diffusion_model_and_its_sampler_and_scores_more_points(params: dict) -> None:
     """`make demo` passes workflow/demo.yaml to Snakemake, which merges it over params.yaml as _merge does."""
     overlay = config.read_yaml(ROOT / "workflow" / "demo.yaml")
     assert set(overlay) == {"presets"} and set(overlay["presets"]) == {"smoke"}
-    assert set(overlay["presets"]["smoke"]) == {"diffusion", "sample"}
+    assert set(overlay["presets"]["smoke"]) == {"diffusion", "sample", "evaluate"}
+    assert overlay["presets"]["smoke"]["evaluate"] == {"n_examples": 64}    # more test points than CI's, nothing else
     demo = config.resolve(config.validate(config._merge(params, overlay)), "digits")
     smoke = config.resolve(params, "digits")
     assert demo["diffusion"]["resolution"] == 8 and demo["sample"]["guidance"] > 1
     assert demo["sample"]["num_images"] == smoke["sample"]["num_images"]     # the same set size downstream
-    assert {k: v for k, v in demo.items() if k not in ("diffusion", "sample")} == \
-           {k: v for k, v in smoke.items() if k not in ("diffusion", "sample")}
+    assert {k: v for k, v in demo.items() if k not in ("diffusion", "sample", "evaluate")} == \
+           {k: v for k, v in smoke.items() if k not in ("diffusion", "sample", "evaluate")}

@@ -76,14 +76,14 @@ def test_a_configfile_replans_only_what_it_changes(snakemake_project: Path, tmp_
     project = tmp_path / "project"
     shutil.copytree(snakemake_project, project, symlinks=True)
     # digits runs the smoke preset, whose evaluate section sets n_examples: the preset's key is the one to change.
-    (project / "my.yaml").write_text("presets:\n  smoke:\n    evaluate:\n      n_examples: 32\n")
+    (project / "my.yaml").write_text("presets:\n  smoke:\n    evaluate:\n      n_examples: 24\n")
     # --configfile and --config take several values: the target goes first (after them it would be read as one).
     plan = parse_dry_run(run(["snakemake", "-n", "-p", "--cores", "2", TARGET, "--configfile", "my.yaml"],
                              project).stdout)
     assert set(plan) == {"evaluate"}, plan
-    assert "--set=presets.smoke.evaluate.n_examples=32" in plan["evaluate"][0]["shell"]
+    assert "--set=presets.smoke.evaluate.n_examples=24" in plan["evaluate"][0]["shell"]
     run(["snakemake", "--cores", "2", TARGET, "--configfile", "my.yaml"], project)
-    assert json.loads((project / TARGET).read_text())["n_examples"] == 32
+    assert json.loads((project / TARGET).read_text())["n_examples"] == 24
     nested = ["--config", 'presets={"smoke": {"evaluate": {"n_examples": 16}}}', 'gaussian={"rank_tolerance": 1e-6}']
     plan = parse_dry_run(run(["snakemake", "-n", "-p", "--cores", "2", TARGET, "--configfile", "my.yaml", *nested],
                              project).stdout)
