@@ -24,7 +24,7 @@ from .mixing import BatchMixer
 
 @dataclass(frozen=True)
 class Outputs:
-    model: Path      # best by held-out robust accuracy: what evaluate reads
+    model: Path      # best by the held-out score (PGD accuracy, or noisy accuracy for smooth_train): what is scored
     last: Path       # the last epoch's, kept for comparison and for continuing elsewhere
     metrics: Path    # per-epoch TSV
 
