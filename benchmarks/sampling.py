@@ -38,7 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genrobust import config, io
 from genrobust.diffusion import sample_diffusion, train_diffusion
-from genrobust.diffusion.model import build_model, to_device
+from genrobust.diffusion.model import build_model
+from genrobust.diffusion.model_file import to_device
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_FP32_TFLOPS = {"H100": 67.0, "H200": 67.0, "A100": 19.5}   # dense fp32 (SXM), for the ratio only

@@ -124,6 +124,10 @@ def resolve(params: Mapping[str, Any], dataset: str, source: str = "params.yaml"
     if list(arc["eps"]) != sorted(arc["eps"]) or arc["eps"][0] != 0 or arc["select_eps"] not in arc["eps"]:
         raise UserError(f"{source}: quality.arc.eps = {arc['eps']} (preset {preset}): must increase from 0 and hold "
                         f"quality.arc.select_eps = {arc['select_eps']}")
+    diffusion = settings["diffusion"]
+    if diffusion["ema_halflife_images"] is None and diffusion["ema_decay"] is None:
+        raise UserError(f"{source}: diffusion.ema_halflife_images and diffusion.ema_decay are both null (preset "
+                        f"{preset}): one of them sets the weight average")
     classes, count = info["num_classes"], settings["sample"]["num_images"]
     if count % classes:
         raise UserError(f"{source}: sample.num_images = {count} (preset {preset}, dataset {dataset}): "

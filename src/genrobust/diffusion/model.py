@@ -1,6 +1,7 @@
-"""Class-conditional diffusion models (EDM and DDPM) built from params, and their model file.
+"""Class-conditional diffusion models (EDM and DDPM) built from params.
 
-Both wrap denoising-diffusion-pytorch's classifier-free-guidance `Unet`. The package's
+`diffusion.arch: ddpmpp` (the paper preset) is EDM's own network and recipe (`edm.py`, `ddpmpp.py`). `arch: unet`
+wraps denoising-diffusion-pytorch's classifier-free-guidance `Unet` (the smoke preset and the demo). The package's
 `ElucidatedDiffusion` is unconditional and its class-conditional `GaussianDiffusion` lacks
 the sigmoid schedule and a seedable sampler, so the two subclasses below add exactly that.
 Every model takes and returns images in [0, 1], shaped (B, 3, 32, 32). A model may work at a lower
@@ -13,10 +14,7 @@ its samples are resized back up to 32 the way prepare_data resized the real imag
 
 from __future__ import annotations
 
-import pickle
-import zipfile
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +25,14 @@ from denoising_diffusion_pytorch.elucidated_diffusion import (ElucidatedDiffusio
 from torch import nn
 
 from ..errors import UserError
+from .augment import LABEL_DIM
+from .ddpmpp import DDPMppSettings
+from .edm import EDMDiffusion
+from .guidance import guided
+from .resize import IMAGE_SIZE, to_pipeline_size
 
 GENERATORS = ("edm", "ddpm")
-IMAGE_SIZE = 32
+ARCHS = ("ddpmpp", "unet")
 CHANNELS = 3
 FORMAT = "genrobust-diffusion"
 
@@ -43,24 +46,11 @@ class ConditionalUnet(Unet):
     self_condition = False
 
 
-def guided(network: Callable[[float], torch.Tensor], guidance: float) -> torch.Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022): uncond + w (cond - uncond); w = 1 is the plain
-    conditional model (one network call). `network(cond_drop_prob)` runs the net with or without the class.
-
-    A small model's conditional samples can drift from their class; w > 1 pulls them towards it, at twice
-    the network calls. The networks are trained with `diffusion.unet.cond_drop_prob` > 0, so both exist.
-    """
-    conditional = network(0.0)
-    if guidance == 1.0:
-        return conditional
-    unconditional = network(1.0)
-    return unconditional + guidance * (conditional - unconditional)
-
-
 class ConditionalElucidatedDiffusion(ElucidatedDiffusion):
     """EDM (Karras et al. 2022) whose network also sees the class labels."""
 
-    guidance = 1.0   # sample.guidance (load_model sets it)
+    guidance = 1.0          # sample.guidance (load_model sets it)
+    clamp_denoised = False  # sample.clamp_denoised: clip D(x) to [-1, 1] at every call (not in EDM's Algorithm 1)
 
     def preconditioned_network_forward(self, noised_images: torch.Tensor, sigma: torch.Tensor,
                                        classes: torch.Tensor, clamp: bool = False,
@@ -101,8 +91,9 @@ class ConditionalElucidatedDiffusion(ElucidatedDiffusion):
 
     def _denoise(self, x: torch.Tensor, sigma: float, classes: torch.Tensor) -> torch.Tensor:
         sigma_batch = torch.full((len(x),), sigma, device=x.device)
-        return guided(lambda drop: self.preconditioned_network_forward(x, sigma_batch, classes, cond_drop_prob=drop),
-                      self.guidance).clamp(-1.0, 1.0)
+        out = guided(lambda drop: self.preconditioned_network_forward(x, sigma_batch, classes, cond_drop_prob=drop),
+                     self.guidance)
+        return out.clamp(-1.0, 1.0) if self.clamp_denoised else out
 
 
 class ConditionalGaussianDiffusion(GaussianDiffusion):
@@ -169,22 +160,37 @@ class ConditionalGaussianDiffusion(GaussianDiffusion):
         return self.predict_noise_from_start(x, t, x_start), x_start
 
 
-def to_pipeline_size(images: torch.Tensor) -> torch.Tensor:
-    """Samples of a lower-resolution model, resized up bilinearly as `data.transform` resizes small datasets."""
-    if images.shape[-1] == IMAGE_SIZE:
-        return images
-    return F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
-
-
 def resolution(config: Mapping[str, Any]) -> int:
     """The model's working size (files from before `diffusion.resolution` existed are 32)."""
     return config.get("resolution") or IMAGE_SIZE
 
 
+def arch(config: Mapping[str, Any]) -> str:
+    """The network kind (files from before `diffusion.arch` existed hold the Unet)."""
+    return config.get("arch", "unet")
+
+
+def _check_resolution(size: int, halvings: int, key: str, value: list[int]) -> None:
+    if size % 2 ** halvings:
+        raise UserError(f"diffusion.resolution = {size}: the network halves it {halvings} times ({key} = {value}), "
+                        f"so it must be a multiple of {2 ** halvings}")
+
+
 def model_config(diffusion: Mapping[str, Any], generator: str) -> dict[str, Any]:
     """The part of the `diffusion` params that fixes the architecture: what a model file must record."""
-    return {"unet": dict(diffusion["unet"]), generator: dict(diffusion[generator]),
-            "resolution": diffusion["resolution"] or IMAGE_SIZE}
+    network = diffusion["arch"]
+    config = {"arch": network, network: dict(diffusion[network]), generator: dict(diffusion[generator]),
+              "resolution": diffusion["resolution"] or IMAGE_SIZE}
+    if network == "ddpmpp":
+        config["augment_p"] = diffusion["augment_p"]
+        config["augment_dim"] = LABEL_DIM if diffusion["augment_p"] > 0 else 0
+    return config
+
+
+def ddpmpp_settings(config: Mapping[str, Any]) -> DDPMppSettings:
+    """`diffusion.ddpmpp` as the network's typed settings."""
+    values = dict(config["ddpmpp"])
+    return DDPMppSettings(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
 
 
 def build_model(generator: str, config: Mapping[str, Any], num_classes: int,
@@ -192,11 +198,11 @@ def build_model(generator: str, config: Mapping[str, Any], num_classes: int,
     """A fresh model; `sample_steps` (params `sample.steps`) sets how many steps `sample` takes."""
     if generator not in GENERATORS:
         raise UserError(f"generator {generator!r}: must be one of {', '.join(map(repr, GENERATORS))}")
-    unet, size = config["unet"], resolution(config)
-    if size % 2 ** (len(unet["dim_mults"]) - 1):
-        raise UserError(f"diffusion.resolution = {size}: the Unet halves it {len(unet['dim_mults']) - 1} times "
-                        f"(diffusion.unet.dim_mults = {unet['dim_mults']}), so it must be a multiple of "
-                        f"{2 ** (len(unet['dim_mults']) - 1)}")
+    size = resolution(config)
+    if arch(config) == "ddpmpp":
+        return _build_ddpmpp(generator, config, num_classes, size, sample_steps)
+    unet = config["unet"]
+    _check_resolution(size, len(unet["dim_mults"]) - 1, "diffusion.unet.dim_mults", unet["dim_mults"])
     net = ConditionalUnet(dim=unet["dim"], num_classes=num_classes, cond_drop_prob=unet["cond_drop_prob"],
                           dim_mults=tuple(unet["dim_mults"]), channels=CHANNELS,
                           learned_sinusoidal_cond=generator == "edm")
@@ -214,33 +220,14 @@ def build_model(generator: str, config: Mapping[str, Any], num_classes: int,
                                         beta_schedule=ddpm["beta_schedule"])
 
 
-def to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move a model; on CUDA also channels_last, which the convolutions run faster in."""
-    if device.type == "cuda":
-        return model.to(device, memory_format=torch.channels_last)
-    return model.to(device)
-
-
-def load_model(path: Path, generator: str, num_classes: int, sample_steps: int,
-               device: torch.device, guidance: float = 1.0) -> tuple[nn.Module, dict[str, Any]]:
-    """The EMA model (sampling with `guidance`) and provenance from a `train_diffusion` file, or a UserError
-    naming the file."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found; run train_diffusion for generator {generator!r} first")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise UserError(f"{path}: not a readable genrobust diffusion model ({exc})") from exc
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise UserError(f"{path}: not a genrobust diffusion model (written by train_diffusion)")
-    if checkpoint["generator"] != generator:
-        raise UserError(f"{path}: holds a {checkpoint['generator']!r} model, but generator {generator!r} was asked for")
-    if checkpoint["num_classes"] != num_classes:
-        raise UserError(f"{path}: model has {checkpoint['num_classes']} classes, the dataset has {num_classes}")
-    model = build_model(generator, checkpoint["config"], num_classes, sample_steps)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"{path}: weights do not fit the recorded model config ({exc})") from exc
-    model.guidance = guidance
-    return to_device(model, device).eval(), checkpoint["meta"]
+def _build_ddpmpp(generator: str, config: Mapping[str, Any], num_classes: int, size: int,
+                  sample_steps: int | None) -> EDMDiffusion:
+    """EDM's DDPM++ under EDM's preconditioning (generator edm only: the network is trained with EDM's loss)."""
+    if generator != "edm":
+        raise UserError(f"diffusion.arch = 'ddpmpp' trains with EDM's loss: generator {generator!r} needs "
+                        "diffusion.arch: unet")
+    network = ddpmpp_settings(config)
+    _check_resolution(size, len(network.channel_mult) - 1, "diffusion.ddpmpp.channel_mult", list(network.channel_mult))
+    steps = {} if sample_steps is None else {"sample_steps": sample_steps}
+    return EDMDiffusion(size, CHANNELS, num_classes, network, config["edm"], config["augment_p"], config["augment_dim"],
+                        **steps)

@@ -20,7 +20,7 @@ from torch import nn
 from .. import io
 from ..provenance import StageClock
 from ..shards import fill, generated_count
-from .model import load_model
+from .model_file import load_model
 
 
 def sample_diffusion(settings: Mapping[str, Any], generator: str, model_path: Path, out_dir: Path,
@@ -29,9 +29,11 @@ def sample_diffusion(settings: Mapping[str, Any], generator: str, model_path: Pa
     cfg, seed = settings["sample"], settings["seed"]
     num_classes = settings["dataset"]["num_classes"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, model_meta = load_model(Path(model_path), generator, num_classes, cfg["steps"], device, cfg["guidance"])
+    model, model_meta = load_model(Path(model_path), generator, num_classes, cfg["steps"], device, cfg["guidance"],
+                                   cfg["clamp_denoised"])
     clock = StageClock("sample_diffusion", model_meta)
     identity = {"generator": generator, "seed": seed, "steps": cfg["steps"], "guidance": cfg["guidance"],
+                "clamp_denoised": cfg["clamp_denoised"],
                 "model_sha256": io.sha256(model_path)}
     fill(Path(out_dir), generated_count(cfg, generator), cfg["shard_size"], num_classes, seed, shards, identity,
          lambda labels, shard_seed: _generate(model, labels, shard_seed, cfg["batch_size"], device), clock)
@@ -45,6 +47,10 @@ def _generate(model: nn.Module, labels: np.ndarray, seed: int, batch_size: int,
     batches = []
     for begin in range(0, len(labels), batch_size):
         classes = torch.from_numpy(labels[begin:begin + batch_size]).to(device)
-        images = model.sample(classes, generator)
-        batches.append((images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        batches.append(to_uint8(model.sample(classes, generator)))
     return np.ascontiguousarray(np.concatenate(batches))
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[0, 1] NCHW (any float precision) to uint8 NHWC, rounding to nearest as EDM's generate.py does."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

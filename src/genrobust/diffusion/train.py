@@ -1,8 +1,8 @@
 """Stage train_diffusion: fit a class-conditional diffusion model to train.npz, resumably.
 
-A plain training loop (batches drawn at random from the memory-mapped images, random
-horizontal flips where the dataset allows them (`datasets.<name>.flip`), at `diffusion.resolution`, AdamW, gradient
-clipping, EMA of the weights, bf16 autocast per `diffusion.precision`). Every
+A plain training loop: batches drawn at random from the memory-mapped images, mirrored copies where both
+`diffusion.xflip` and the dataset (`datasets.<name>.flip`) allow them, at `diffusion.resolution`; the update rule of
+`recipe` (EDM's for the paper preset); bf16 autocast per `diffusion.precision`. Every
 `checkpoint_every` steps and at the end the whole training state goes atomically to
 `work_dir/ckpt.pt` (the one before kept as `ckpt.pt.prev`, see `resume`), which is not a declared
 pipeline output, so neither Snakemake nor DVC deletes it before a rerun; a rerun with the same
@@ -23,7 +23,6 @@ from typing import Any, Callable, ContextManager, Mapping
 
 import numpy as np
 import torch
-from ema_pytorch import EMA
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -35,11 +34,15 @@ from ..provenance import StageClock, read_meta
 from ..resume import StateFile
 from .grid import grid_path, write_grid
 from .model import FORMAT, build_model, model_config, resolution
+from .pretrained import import_pretrained
+from .recipe import Recipe, apply_step, make_ema, make_optimizer
 
 CKPT_NAME = "ckpt.pt"
 CKPT_FORMAT = "genrobust-diffusion-train-state"
 CKPT_KEYS = ("format", "fingerprint", "step", "model", "ema", "optimizer", "rng")
 LOG_EVERY = 50
+RECIPE_KEYS = ("batch_size", "optimizer", "lr", "lr_rampup_images", "weight_decay", "adam_eps", "grad_clip",
+               "ema_halflife_images", "ema_rampup_ratio", "ema_decay")
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,19 @@ class Options:
 
 def options(settings: Mapping[str, Any], device: torch.device) -> Options:
     precision = settings["diffusion"]["precision"]
-    return Options(flip=bool(settings["dataset"].get("flip", False)),
+    return Options(flip=bool(settings["dataset"].get("flip", False)) and settings["diffusion"]["xflip"],
                    bf16=precision == "bf16" or (precision == "auto" and device.type == "cuda"),
                    channels_last=device.type == "cuda")
 
 
 def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Path, model_out: Path,
                     work_dir: Path, restart: bool = False) -> None:
-    """Train (or resume training, unless `restart`) and write the EMA model to `model_out`."""
+    """Train (or resume training, unless `restart`) and write the EMA model to `model_out`; with
+    `diffusion.pretrained` naming this dataset, import that released model instead."""
     cfg = settings["diffusion"]
+    if pretrained := cfg["pretrained"].get(settings["dataset"]["name"]):
+        import_pretrained(settings, generator, Path(pretrained), model_out)
+        return
     num_classes = settings["dataset"]["num_classes"]
     if generator == "ddpm" and cfg["grid_every"] and cfg["grid_steps"] > cfg["ddpm"]["timesteps"]:
         raise UserError(f"diffusion.grid_steps = {cfg['grid_steps']}: must be at most "
@@ -77,8 +84,11 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
     _seed_everything(settings["seed"])
     opts = options(settings, device)
     model = build_model(generator, model_config(cfg, generator), num_classes).to(device, memory_format=_layout(opts))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
-    ema = EMA(model, beta=cfg["ema_decay"], update_after_step=0, update_every=1, include_online_model=False)
+    recipe = Recipe.from_params(cfg)
+    optimizer = make_optimizer(model, recipe)
+    ema = make_ema(model, recipe)
+    print(f"train_diffusion {generator}: {cfg['arch']} network, {sum(p.numel() for p in model.parameters()):,} "
+          "parameters", flush=True)
     state_file = StateFile(Path(work_dir) / CKPT_NAME, CKPT_KEYS)
     start = _resume(state_file, fingerprint, cfg["steps"], model, ema, optimizer, device, restart)
 
@@ -97,7 +107,7 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
         if cfg["grid_every"] and (step % cfg["grid_every"] == 0 or last):
             write_grid(ema.ema_model, num_classes, cfg["grid_steps"], settings["seed"], grid_path(work_dir, step))
 
-    _loop(trained, model, ema, optimizer, images, labels, cfg, opts, device, start,
+    _loop(trained, model, ema, optimizer, images, labels, recipe, cfg["steps"], opts, device, start,
           after_step, tag=generator)
     if not distributed.is_main():
         return
@@ -115,8 +125,8 @@ def _fingerprint(settings: Mapping[str, Any], generator: str, train_path: Path) 
     cfg = settings["diffusion"]
     return {"generator": generator, "config": model_config(cfg, generator),
             "num_classes": settings["dataset"]["num_classes"], "seed": settings["seed"],
-            "flip": bool(settings["dataset"].get("flip", False)),
-            **{key: cfg[key] for key in ("batch_size", "lr", "ema_decay", "grad_clip")},
+            "flip": options(settings, torch.device("cpu")).flip,
+            **{key: cfg[key] for key in RECIPE_KEYS},
             "train_sha256": io.sha256(train_path)}
 
 
@@ -126,12 +136,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loop(trained: nn.Module, model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, images: np.ndarray,
-          labels: np.ndarray, cfg: Mapping[str, Any], opts: Options, device: torch.device, start: int,
+def _loop(trained: nn.Module, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray,
+          labels: np.ndarray, recipe: Recipe, steps: int, opts: Options, device: torch.device, start: int,
           after_step: Callable[[int], None], tag: str) -> None:
     """Steps `start + 1 ... steps` with a progress bar (images/s, loss) on stderr; `after_step` on the first process."""
     world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
-    steps, batch_size = cfg["steps"], cfg["batch_size"]
+    batch_size = recipe.batch_size
     loss_sum, window, tick = torch.zeros((), device=device), 0, time.perf_counter()
     # In a log file (Snakemake, DVC) a bar line a minute is plenty; on a terminal it redraws every second.
     bar = tqdm(total=steps * batch_size, initial=start * batch_size, unit="img", unit_scale=True,
@@ -145,9 +155,7 @@ def _loop(trained: nn.Module, model: nn.Module, ema: EMA, optimizer: torch.optim
                 loss = trained(x, classes=y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            optimizer.step()
-            ema.update()
+            apply_step(model, ema, optimizer, recipe, (step - 1) * batch_size)
             loss_sum += loss.detach().float()  # summed on the device: no host sync between log lines
             window += 1
             bar.update(batch_size)
@@ -189,7 +197,7 @@ def _cpu(state: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value.detach().cpu() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
 
 
-def _save_state(state_file: StateFile, fingerprint: Mapping[str, Any], step: int, model: nn.Module, ema: EMA,
+def _save_state(state_file: StateFile, fingerprint: Mapping[str, Any], step: int, model: nn.Module, ema: nn.Module,
                 optimizer: torch.optim.Optimizer) -> None:
     """Everything needed to continue bit-for-bit: weights, EMA, optimizer, step and all RNG states."""
     state_file.save({"format": CKPT_FORMAT, "fingerprint": dict(fingerprint), "step": step,
@@ -197,7 +205,7 @@ def _save_state(state_file: StateFile, fingerprint: Mapping[str, Any], step: int
                      "optimizer": optimizer.state_dict(), "rng": _rng_state()})
 
 
-def _resume(state_file: StateFile, fingerprint: Mapping[str, Any], steps: int, model: nn.Module, ema: EMA,
+def _resume(state_file: StateFile, fingerprint: Mapping[str, Any], steps: int, model: nn.Module, ema: nn.Module,
             optimizer: torch.optim.Optimizer, device: torch.device, restart: bool) -> int:
     """Load the newest usable checkpoint and return its step; 0 (train from scratch) when there is none.
 
@@ -227,7 +235,7 @@ def _rng_state() -> dict[str, Any]:
     numpy_state = np.random.get_state()
     version, internal, gauss = random.getstate()
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda": [torch.cuda.get_rng_state(torch.cuda.current_device())] if torch.cuda.is_available() else [],
             "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
             "python": [version, list(internal), gauss]}
 
@@ -235,7 +243,7 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"][0], torch.cuda.current_device())
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
     version, internal, gauss = state["python"]
