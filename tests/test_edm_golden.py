@@ -27,7 +27,7 @@ FIGURES = np.load(GOLDEN.with_suffix(".npz"))
 META = json.loads(GOLDEN.with_suffix(".json").read_text())
 CONFIGS = ("c32", "c8")
 # The reference loop's settings for the three recorded steps (edm_figures.py): batch 4, Adam lr 1e-3 ramped over
-# 6 images, EMA half-life 4 images without ramp.
+# 6 images, EMA half-life 4 images without ramp (tests/golden/edm_reference/configs.py).
 STEP_RECIPE = Recipe(batch_size=4, optimizer="adam", lr=1e-3, lr_rampup_images=6, weight_decay=0.0, adam_eps=1e-8,
                      grad_clip=None, ema_halflife_images=4, ema_rampup_ratio=None, ema_decay=None)
 
