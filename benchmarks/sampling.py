@@ -1,15 +1,22 @@
-"""Sampling benchmarks: our EDM sampler against the package's own loop, and memory against the image count.
+"""Sampling benchmarks: our EDM samplers against the code they reimplement, and memory against the image count.
 
   throughput (default)  images/s of ConditionalElucidatedDiffusion.sample (what sample_diffusion runs)
                         and of denoising-diffusion-pytorch's ElucidatedDiffusion.sample() loop, with the same
                         network and the same deterministic Heun schedule (S_churn = 0, so 2N - 1 network
                         calls each), in one run; their ratio; achieved TFLOP/s (and % of the GPU's fp32 peak).
                         On a CPU both start from the same noise, and the largest pixel difference is shown.
+  --edm PATH             our DDPM++ sampler (EDMDiffusion.sample_from, the paper preset's) against NVlabs'
+                        edm_sampler and EDMPrecond from the checkout at PATH, same weights, latents, labels and
+                        steps, alternating rounds; benchmarks/sampling_edm.py, whose own flags then apply
+                        (python benchmarks/sampling.py --edm PATH --help).
   memory                the real sample_diffusion stage, in a fresh process, making 10 shards: the resident
                         memory while making each shard must not grow with the number of images made.
 
   python benchmarks/sampling.py                                          # smoke-sized Unet on this CPU
   python benchmarks/sampling.py --dim 128 --dim-mults 1,2,2,2 --batch 512 --iters 5   # a GPU
+  python benchmarks/sampling.py --edm /work/scratch/edm                  # small DDPM++ against NVlabs', this CPU
+  python benchmarks/sampling.py --edm /work/scratch/edm --model-channels 128 --channel-mult 2,2,2 --num-blocks 4 \
+      --attn 16 --batch 512                                              # the paper's network, a GPU
   python benchmarks/sampling.py --mode memory                            # 10 shards of 50 images
   python benchmarks/sampling.py --mode memory --shard-size 20000 --dim 64 --steps 20  # a GPU
 """
@@ -103,7 +110,7 @@ def throughput(args: argparse.Namespace) -> None:
 
     def package_run() -> torch.Tensor:
         torch.manual_seed(0)
-        return package.sample(batch_size=args.batch)
+        return package.sample(batch_size=args.batch, clamp=ours.clamp_denoised)   # ours clips D(x) only if told
 
     # Rounds alternate the two, and the best round counts: other work on the machine only ever slows a round.
     seconds, images = {"ours": float("inf"), "package": float("inf")}, {}
@@ -186,6 +193,10 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    if any(arg == "--edm" or arg.startswith("--edm=") for arg in sys.argv[1:]):
+        import sampling_edm   # this script's folder is first on sys.path
+        sampling_edm.main()
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["throughput", "memory"], default="throughput")
     parser.add_argument("--dim", type=int, default=16)
@@ -198,6 +209,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="throughput: alternate the samplers this often")
     parser.add_argument("--shard-size", type=int, default=50)
     parser.add_argument("--shards", type=int, default=10, help="memory: how many shards to make")
+    parser.add_argument("--edm", metavar="PATH", help="NVlabs/edm checkout: the DDPM++ comparison (see above)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode == "memory" and args.shards < 3:

@@ -14,7 +14,7 @@ from genrobust.data.transform import to_tensor
 from genrobust.models.checkpoint import build_classifier, load_classifier, save_classifier
 from genrobust.provenance import StageClock
 from genrobust.quality import arc, inception
-from genrobust.quality.stage import quality
+from genrobust.quality.stage import quality, subset
 
 from .conftest import write_images
 
@@ -49,8 +49,8 @@ def test_arc_separates_noise_from_real_images_and_not_real_from_real(tmp_path, o
     twin, _ = write_images(tmp_path / "twin.npz", 160, seed=1)        # the same distribution, other draws
     noise = np.random.default_rng(2).integers(0, 256, (160, 32, 32, 3), dtype=np.uint8)
     cfg = arc.ArcConfig.from_params(TINY_ARC)
-    far, _ = arc.measure(real[:80], noise[:80], cfg, 0, torch.device("cpu"))
-    near, _ = arc.measure(real[:80], twin[:80], cfg, 0, torch.device("cpu"))
+    far, _, _ = arc.measure(real[:80], noise[:80], cfg, 0, torch.device("cpu"))
+    near, _, _ = arc.measure(real[:80], twin[:80], cfg, 0, torch.device("cpu"))
     assert far["robust_discrimination_accuracy"][0] >= 0.8             # noise is told apart at eps 0
     assert near["robust_discrimination_accuracy"][0] <= 0.75           # a twin set is not
     assert far["value"] > near["value"] + 0.02
@@ -90,9 +90,19 @@ def test_the_stage_writes_every_figure_and_fid_says_why_it_is_missing(tmp_path, 
         predicted = model(to_tensor(images, torch.device("cpu"))).argmax(1).numpy()
     assert agreement["overall"] == pytest.approx(float((predicted == np.arange(100) % 10).mean()))
     assert len(result["arc"]["robust_discrimination_accuracy"]) == 3 and result["arc"]["value"] >= 0
+    assert "repository has no ARC code" in result["arc"]["definition"]
+    trained = result["arc"]["discriminator_trained_on"]             # pseudo_label's arc mode never keeps these
+    assert len(trained) == len(set(trained)) == TINY_ARC["images"] // 2 and trained != list(range(len(trained)))
     assert result["images"] == 100 and "stage_wall_time_s" in result["meta"]
     discriminator, ckpt = load_classifier(disc, 2)                      # pseudo_label's arc mode loads it so
     assert ckpt["meta"]["eps"] == TINY_ARC["select_eps"]
+
+
+def test_quality_measures_a_seeded_random_subset_not_the_first_images() -> None:
+    chosen = subset(1000, 50, seed=0)
+    assert chosen.tolist() == sorted(set(chosen.tolist())) and chosen.tolist() != list(range(50))
+    assert np.array_equal(chosen, subset(1000, 50, seed=0)) and not np.array_equal(chosen, subset(1000, 50, seed=1))
+    assert chosen.max() > 500                                    # a file sorted by class is sampled across classes
 
 
 def test_classifier_fd_of_a_set_against_itself_is_zero(tmp_path, stage_inputs, digits_settings, one_thread) -> None:

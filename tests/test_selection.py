@@ -64,6 +64,12 @@ def test_arc_mode_keeps_what_the_robust_discriminator_finds_most_real_per_condit
     assert unconditional.label.tolist() == PROBS.argmax(1).tolist()   # no conditioning class: the classifier's
 
 
+def test_arc_mode_never_keeps_an_image_its_discriminator_trained_on() -> None:
+    chosen = select(_scores(PROBS, CONDITIONED, P_REAL), "arc", 0.5, 3, unscored=np.array([0, 5]))
+    assert np.flatnonzero(chosen.keep).tolist() == [2, 3, 4]   # without the exclusion: [0, 4, 5]
+    np.testing.assert_allclose(chosen.confidence, P_REAL)      # the scores stay as measured
+
+
 def test_exactly_the_fraction_is_kept_despite_float_error() -> None:
     """0.7 * 10 is 7.000000000000001 in floating point: a plain ceil would keep 8 of 10."""
     conditioned = np.arange(100) % 10
@@ -156,6 +162,17 @@ def test_arc_mode_of_the_stage_ranks_by_the_discriminator(tmp_path, classifier, 
     for k in range(10):
         members = conditioned == k
         assert keep[members].sum() == 2 and p_real[members & keep].min() >= p_real[members & ~keep].max()
+
+
+def test_arc_mode_of_the_stage_skips_what_the_discriminator_trained_on(tmp_path, classifier, judged,
+                                                                      digits_settings) -> None:
+    _write_shards(tmp_path / "shards", 40, 40)
+    io.write_json(judged[0], {**QUALITY, "arc": {"value": 0.03, "discriminator_trained_on": list(range(0, 40, 3))}})
+    settings = copy.deepcopy(digits_settings)
+    settings["pseudo_label"].update(mode="arc", keep_fraction=1.0)
+    pseudo_label(settings, classifier, tmp_path / "shards", *judged, tmp_path / "labels.npz")
+    keep = np.asarray(io.open_npz(tmp_path / "labels.npz")["keep"])
+    assert np.flatnonzero(~keep).tolist() == list(range(0, 40, 3))
 
 
 def test_a_set_without_its_quality_json_is_refused(tmp_path, classifier, judged, digits_settings) -> None:

@@ -64,13 +64,24 @@ def keep_most_confident(labels: np.ndarray, confidence: np.ndarray, fraction: fl
     return keep
 
 
-def select(scores: Scores, mode: str, fraction: float, num_classes: int) -> Selection:
-    """The labels and the kept images of `mode` (the schema allows only these three)."""
+def select(scores: Scores, mode: str, fraction: float, num_classes: int,
+           unscored: np.ndarray | None = None) -> Selection:
+    """The labels and the kept images of `mode` (the schema allows only these three).
+
+    `unscored`: images the arc mode's discriminator trained on; its score of them says nothing, so they are
+    never kept (they rank last and are dropped).
+    """
     label, confidence = {"conditioning": (scores.conditioned, scores.p_conditioned),
                          "confidence": (scores.predicted, scores.p_predicted),
                          "arc": (np.where(scores.conditioned >= 0, scores.conditioned, scores.predicted),
                                  scores.p_real)}[mode]
-    return Selection(label, confidence, keep_most_confident(label, confidence, fraction, num_classes))
+    if unscored is None or not len(unscored):
+        return Selection(label, confidence, keep_most_confident(label, confidence, fraction, num_classes))
+    ranked = confidence.copy()
+    ranked[unscored] = -np.inf
+    keep = keep_most_confident(label, ranked, fraction, num_classes)
+    keep[unscored] = False
+    return Selection(label, confidence, keep)
 
 
 @torch.no_grad()
@@ -123,7 +134,12 @@ def pseudo_label(settings: dict[str, Any], classifier_path: Path, shard_dir: Pat
     scores = score(model, discriminator, shards, cfg["batch_size"], device())
     generator = shards.manifest.get("generator", settings["generator"])
     keep_fraction = cfg["keep_fraction"] if filtered(settings["sample"], generator) else 1.0
-    chosen = select(scores, cfg["mode"], keep_fraction, num_classes)
+    unscored = None
+    if cfg["mode"] == "arc":
+        trained_on = io.read_json(quality_path)["arc"].get("discriminator_trained_on", [])
+        unscored = np.asarray(trained_on, dtype=np.int64)
+        print(f"pseudo_label (arc): {len(unscored)} images trained the discriminator; they are not scored or kept")
+    chosen = select(scores, cfg["mode"], keep_fraction, num_classes, unscored)
     agreement = float((scores.conditioned == scores.predicted).mean()) if len(shards) else float("nan")
     kept = int(chosen.keep.sum())
     io.save_npz(labels_out, label=chosen.label, confidence=chosen.confidence, keep=chosen.keep,

@@ -68,22 +68,24 @@ class Split:
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
+    generated_train: np.ndarray   # positions in the generated array given to `split` that train the discriminator
 
 
 def split(real: np.ndarray, generated: np.ndarray, seed: int) -> Split:
     """Equal numbers of each side (the smaller count), each side halved into train and test."""
     count = min(len(real), len(generated))
     rng = np.random.default_rng(seed)
-    halves = []
+    halves, positions = [], np.empty(0, dtype=np.int64)
     for images, label in ((real, REAL), (generated, 1 - REAL)):
-        chosen = np.asarray(images[np.sort(rng.choice(len(images), count, replace=False))])
+        positions = np.sort(rng.choice(len(images), count, replace=False))
+        chosen = np.asarray(images[positions])
         halves.append((chosen[:count // 2], chosen[count // 2:], label))
     train_x = np.concatenate([h[0] for h in halves])
     test_x = np.concatenate([h[1] for h in halves])
     train_y = np.concatenate([np.full(len(h[0]), h[2]) for h in halves])
     test_y = np.concatenate([np.full(len(h[1]), h[2]) for h in halves])
     order = rng.permutation(len(train_x))
-    return Split(train_x[order], train_y[order], test_x, test_y)
+    return Split(train_x[order], train_y[order], test_x, test_y, positions[:count // 2])
 
 
 def train_discriminator(data: Split, cfg: ArcConfig, eps: float, seed: int, device: torch.device) -> nn.Module:
@@ -119,9 +121,15 @@ def area_above_chance(eps: tuple[float, ...], accuracy: list[float]) -> float:
     return float(np.sum(widths * (above[1:] + above[:-1]) / 2))
 
 
+DEFINITION = ("our reading of Sehwag et al. 2022, section 2.2 (their repository has no ARC code): trapezoid area "
+              "under max(a(eps) - 1/2, 0) over eps, a(eps) the held-out PGD accuracy of a real-vs-generated "
+              "discriminator adversarially trained at eps; units: accuracy above chance x eps (pixel scale 0-1)")
+
+
 def measure(real: np.ndarray, generated: np.ndarray, cfg: ArcConfig, seed: int,
-            device: torch.device) -> tuple[dict[str, Any], nn.Module]:
-    """The curve, its area, and the discriminator trained at `select_eps` (for pseudo_label's arc mode)."""
+            device: torch.device) -> tuple[dict[str, Any], nn.Module, np.ndarray]:
+    """The curve, its area, the discriminator trained at `select_eps` (for pseudo_label's arc mode) and the
+    positions in `generated` it trained on (never to be scored by it)."""
     data = split(real, generated, seed)
     test_x, test_y = to_tensor(data.test_x, device), torch.from_numpy(data.test_y).long().to(device)
     accuracy, selector = [], None
@@ -135,9 +143,10 @@ def measure(real: np.ndarray, generated: np.ndarray, cfg: ArcConfig, seed: int,
         if eps == cfg.select_eps:
             selector = model
     assert selector is not None, "the schema check puts select_eps among eps"
-    return ({"value": area_above_chance(cfg.eps, accuracy), "norm": cfg.norm, "eps": list(cfg.eps),
-             "robust_discrimination_accuracy": accuracy, "images_per_side": len(data.train_x) // 2 + len(test_x) // 2,
-             "select_eps": cfg.select_eps}, selector)
+    return ({"value": area_above_chance(cfg.eps, accuracy), "definition": DEFINITION, "norm": cfg.norm,
+             "eps": list(cfg.eps), "robust_discrimination_accuracy": accuracy,
+             "images_per_side": len(data.train_x) // 2 + len(test_x) // 2, "select_eps": cfg.select_eps},
+            selector, data.generated_train)
 
 
 @torch.no_grad()

@@ -33,11 +33,19 @@ from .inception import load_inception, make_extractor
 Batches = Callable[[], Iterator[np.ndarray]]
 
 
-def _batches(images: Callable[[np.ndarray], np.ndarray], count: int, batch_size: int) -> Batches:
-    """A re-iterable source of uint8 NHWC batches: the first `count` images, read a batch at a time."""
+def subset(total: int, count: int, seed: int) -> np.ndarray:
+    """A seeded random choice of `count` of `total` indices, in increasing order (shards are read in order).
+
+    Never the first `count`: an imported set keeps its file's order, which may be sorted by class.
+    """
+    return np.sort(np.random.default_rng(seed).choice(total, count, replace=False))
+
+
+def _batches(images: Callable[[np.ndarray], np.ndarray], index: np.ndarray, batch_size: int) -> Batches:
+    """A re-iterable source of uint8 NHWC batches of the images at `index`, read a batch at a time."""
     def iterate() -> Iterator[np.ndarray]:
-        for start in range(0, count, batch_size):
-            yield images(np.arange(start, min(start + batch_size, count)))
+        for start in range(0, len(index), batch_size):
+            yield images(index[start:start + batch_size])
     return iterate
 
 
@@ -91,18 +99,23 @@ def quality(settings: Mapping[str, Any], shard_dir: Path, train_path: Path, clas
     clock = StageClock("quality", shards.manifest.get("meta", {}), read_meta(arrays), ckpt["meta"])
     count = min(len(shards), cfg["num_images"] or len(shards))
     real_count = min(len(real_images), cfg["num_images"] or len(real_images))
-    generated = _batches(lambda index: shards.take(index)[0], count, cfg["batch_size"])
-    real = _batches(lambda index: np.asarray(real_images[index]), real_count, cfg["batch_size"])
-    labels = np.concatenate([np.asarray(part) for part in shards.labels])[:count]   # labels only: no image read
+    chosen, real_chosen = subset(len(shards), count, settings["seed"]), subset(len(real_images), real_count,
+                                                                              settings["seed"] + 1)
+    generated = _batches(lambda index: shards.take(index)[0], chosen, cfg["batch_size"])
+    real = _batches(lambda index: np.asarray(real_images[index]), real_chosen, cfg["batch_size"])
+    labels = np.concatenate([np.asarray(part) for part in shards.labels])[chosen]   # labels only: no image read
 
     features = penultimate(classifier, target)
     arc_cfg = arc.ArcConfig.from_params(cfg["arc"])
-    arc_images = min(arc_cfg.images, count, real_count)  # per side; the first ones (shards are class-balanced)
-    figures, selector = arc.measure(np.asarray(real_images[:arc_images]), shards.take(np.arange(arc_images))[0],
-                                    arc_cfg, settings["seed"], target)
+    arc_images = min(arc_cfg.images, len(shards), len(real_images))   # per side
+    arc_generated = subset(len(shards), arc_images, settings["seed"] + 2)
+    figures, selector, trained = arc.measure(
+        np.asarray(real_images[subset(len(real_images), arc_images, settings["seed"] + 3)]),
+        shards.take(arc_generated)[0], arc_cfg, settings["seed"], target)
+    figures["discriminator_trained_on"] = arc_generated[trained].tolist()   # pseudo_label's arc mode skips them
     result = {
         "generator": shards.manifest.get("generator", settings["generator"]),
-        "images": count, "real_images": real_count,
+        "images": count, "real_images": real_count, "subset": "seeded random, not the first N",
         "fid": fid(cfg, real, generated, target),
         "classifier_fd": {"value": _distance(features_stats(features, real()), features_stats(features, generated())),
                           "features": f"penultimate layer of {classifier_path}"},
