@@ -110,3 +110,28 @@ def test_the_demo_overlay_only_swaps_the_smoke_diffusion_model_and_its_sampler_a
     assert demo["sample"]["num_images"] == smoke["sample"]["num_images"]     # the same set size downstream
     assert {k: v for k, v in demo.items() if k not in ("diffusion", "sample", "evaluate")} == \
            {k: v for k, v in smoke.items() if k not in ("diffusion", "sample", "evaluate")}
+
+
+def test_the_paper_preset_trains_and_samples_edms_cifar10_generator(params: dict) -> None:
+    """NVlabs/edm train.py --cond=1 --arch=ddpmpp and training_loop.py's defaults; DM-Improves-AT's sampling."""
+    diffusion = config.resolve(params, "cifar10")["diffusion"]
+    assert diffusion["arch"] == "ddpmpp" and diffusion["ddpmpp"] == {
+        "model_channels": 128, "channel_mult": [2, 2, 2], "num_blocks": 4, "attn_resolutions": [16], "dropout": 0.13,
+        "label_dropout": 0.0}
+    assert {key: diffusion[key] for key in ("optimizer", "lr", "lr_rampup_images", "weight_decay", "adam_eps",
+                                            "grad_clip", "ema_halflife_images", "ema_rampup_ratio", "batch_size",
+                                            "augment_p", "xflip", "precision")} == {
+        "optimizer": "adam", "lr": 0.001, "lr_rampup_images": 10_000_000, "weight_decay": 0.0, "adam_eps": 1e-8,
+        "grad_clip": None, "ema_halflife_images": 500_000, "ema_rampup_ratio": 0.05, "batch_size": 512,
+        "augment_p": 0.12, "xflip": False, "precision": "fp32"}
+    assert diffusion["steps"] * diffusion["batch_size"] == 200_000_000          # EDM's --duration=200 (Mimg)
+    samples = {name: config.resolve(params, name)["sample"] for name in ("cifar10", "cifar100", "svhn")}
+    assert [samples[name]["steps"] for name in samples] == [20, 25, 25]
+    assert samples["cifar10"]["clamp_denoised"] is False and samples["cifar10"]["guidance"] == 1.0
+    assert samples["svhn"]["filter_up_to"] == 0                                 # SVHN's sets are not selected
+
+
+def test_both_ema_kinds_null_is_refused(params: dict) -> None:
+    params["diffusion"]["ema_halflife_images"] = None
+    with pytest.raises(UserError, match="ema_halflife_images and diffusion.ema_decay are both null"):
+        config.validate(params)

@@ -118,6 +118,7 @@ def resolve(params: Mapping[str, Any], dataset: str, source: str = "params.yaml"
     info = params["datasets"][dataset]
     preset = info["auto_preset"] if params["preset"] == "auto" else params["preset"]
     settings = {section: _merge(params[section], params["presets"][preset][section]) for section in STAGE_SECTIONS}
+    settings["sample"] = _merge(settings["sample"], info.get("sample", {}))   # per dataset (DM-Improves-AT's steps)
     settings.update(preset=preset, dataset=dict(info, name=dataset), seed=params["seed"],
                     generator=params["generator"], threats=params["threats"])
     arc = settings["quality"]["arc"]
