@@ -15,6 +15,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -25,7 +26,9 @@ from genrobust.diffusion.edm import EDMPreconditioned
 from genrobust.diffusion.model_file import load_model
 from genrobust.diffusion.pretrained import import_pretrained
 from genrobust.diffusion.released import ALLOWED, AllowListUnpickler, released_network
+from genrobust.diffusion.sample import sample_diffusion, to_uint8
 from genrobust.errors import UserError
+from genrobust.shards import ShardSet
 
 from .conftest import copy_project, run
 from .test_edm_golden import META
@@ -130,6 +133,24 @@ def test_an_imported_model_samples_what_the_network_makes(tmp_path: Path) -> Non
     latents, labels = torch.randn(2, 3, 8, 8), torch.eye(10)[[3, 7]]
     with torch.no_grad():
         torch.testing.assert_close(model.net(latents, torch.tensor(1.0), labels), net(latents, torch.tensor(1.0), labels))
+
+
+def test_seed_per_image_layout_reuses_each_latent_seed_once_per_class(tmp_path: Path, digits_settings: dict) -> None:
+    """DM-Improves-AT's edm/generate.py: class c, seed s; here image i = (class i mod K, seed i // K)."""
+    write_edm_pickle(tmp_path / "edm.pkl", tiny_network(), tmp_path / "ran")
+    settings = {"dataset": {"num_classes": 10, "name": "digits"}, "diffusion": {"edm": EDM}}
+    import_pretrained(settings, "edm", tmp_path / "edm.pkl", tmp_path / "model.pt")
+    digits_settings["sample"].update(num_images=30, shard_size=20, batch_size=7, steps=3, layout="seed_per_image",
+                                     clamp_denoised=False, guidance=1.0)
+    sample_diffusion(digits_settings, "edm", tmp_path / "model.pt", tmp_path / "gen")
+    made = ShardSet.open(tmp_path / "gen")
+    images, labels = made.take(np.arange(30))
+    model, _ = load_model(tmp_path / "model.pt", "edm", 10, 3, torch.device("cpu"))
+    for i in (0, 9, 10, 23, 29):                              # across batches and the shard boundary at 20
+        latents = torch.randn((1, 3, 8, 8), generator=torch.Generator().manual_seed(i // 10))
+        expected = to_uint8(model.sample_from(latents, torch.eye(10)[[i % 10]]))[0]
+        assert labels[i] == i % 10 and np.array_equal(images[i], expected)
+    assert made.manifest["layout"] == "seed_per_image"
 
 
 @pytest.mark.parametrize(("payload", "named"), [

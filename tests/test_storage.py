@@ -175,7 +175,7 @@ def test_fill_removes_what_a_killed_writer_left_and_counts_oversampled_images(tm
     sample = {"num_images": 20, "oversample": 3, "filter_up_to": 20, "shard_size": 25}
     made = []
 
-    def make(labels: np.ndarray, seed: int) -> np.ndarray:
+    def make(start: int, labels: np.ndarray, seed: int) -> np.ndarray:
         made.append(len(labels))
         return np.zeros((len(labels), 32, 32, 3), np.uint8)
 

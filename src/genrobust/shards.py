@@ -113,11 +113,11 @@ def write_manifest(directory: str | os.PathLike, bounds: Sequence[tuple[int, int
 
 
 def fill(out_dir: Path, num_images: int, shard_size: int, num_classes: int, seed: int, only: list[int] | None,
-         identity: Mapping[str, Any], make: Callable[[np.ndarray, int], np.ndarray], clock: StageClock) -> None:
+         identity: Mapping[str, Any], make: Callable[[int, np.ndarray, int], np.ndarray], clock: StageClock) -> None:
     """Make every shard of `num_images` images that is not done (all, or those in `only`), then, for all, the manifest.
 
-    `make(labels, shard_seed)` returns the shard's uint8 NHWC images; it is the only thing a
-    generator supplies, so every generator gets the same layout, seeding, resume and manifest.
+    `make(start, labels, shard_seed)` returns the uint8 NHWC images start, start + 1, ... of the given labels; it is
+    the only thing a generator supplies, so every generator gets the same layout, seeding, resume and manifest.
     """
     bounds = shard_bounds(num_images, shard_size)
     if only is not None and (bad := [k for k in only if not 0 <= k < len(bounds)]):
@@ -132,7 +132,7 @@ def fill(out_dir: Path, num_images: int, shard_size: int, num_classes: int, seed
         tick = time.perf_counter()
         start, stop = bounds[k]
         labels = shard_labels(start, stop, num_classes)
-        images = make(labels, shard_seed(seed, k))
+        images = make(start, labels, shard_seed(seed, k))
         seconds = round(time.perf_counter() - tick, 3)
         write_shard(out_dir, k, images, labels, {**identity, "shard": k, "start": start, "stop": stop,
                                                  "seconds": seconds})

@@ -73,7 +73,7 @@ def sample_gaussian(settings: dict[str, Any], fit_path: Path, out_dir: Path, onl
     clock = StageClock("sample_gaussian", read_meta(fitted))
     identity = {"generator": "gaussian", "seed": settings["seed"], "model_sha256": io.sha256(fit_path)}
 
-    def make(labels: np.ndarray, seed: int) -> np.ndarray:
+    def make(start: int, labels: np.ndarray, seed: int) -> np.ndarray:
         generator = torch.Generator().manual_seed(seed)
         images = np.empty((len(labels), *io.IMAGE_SHAPE), dtype=np.uint8)
         for k in range(num_classes):

@@ -1,11 +1,14 @@
 """Stage sample_diffusion: class-balanced images from a trained model, written as shards.
 
 Shard k holds images [start, stop) of `shard_bounds(generated_count(sample, generator), shard_size)` with labels
-`shard_labels(start, stop, K)`. Its noise comes only from a CPU `torch.Generator` seeded with
-`shard_seed(seed, k)`, and the batches within it are fixed by `sample.batch_size`, so a shard
-is a pure function of (weights, seed, k): shards can be made on many machines at once, and a
-rerun regenerates a missing one identically. Finished shards of the same model, seed and step
-count are kept, so a run killed half-way redoes only what it had not finished.
+`shard_labels(start, stop, K)` (image i is of class i mod K). Where its noise comes from is `sample.layout`:
+- `shard`: one CPU `torch.Generator` seeded with `shard_seed(seed, k)`, drawn batch by batch (`sample.batch_size`);
+- `seed_per_image` (DM-Improves-AT's `edm/generate.py`, arch ddpmpp): image i starts from the latents of seed
+  i // K, drawn by a generator of its own on the sampling device as their `StackedRandomGenerator` does, so each
+  latent seed is used once per class and seeds 0..S-1 of every class are what their `--seeds=0-(S-1)` makes.
+Either way a shard is a pure function of (weights, seed, k, device kind): shards can be made on many machines at
+once, and a rerun regenerates a missing one identically. Finished shards of the same model, seed, layout and
+step count are kept, so a run killed half-way redoes only what it had not finished.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import nn
 
 from .. import io
+from ..errors import UserError
 from ..provenance import StageClock
 from ..shards import fill, generated_count
 from .model_file import load_model
@@ -33,10 +37,21 @@ def sample_diffusion(settings: Mapping[str, Any], generator: str, model_path: Pa
                                    cfg["clamp_denoised"])
     clock = StageClock("sample_diffusion", model_meta)
     identity = {"generator": generator, "seed": seed, "steps": cfg["steps"], "guidance": cfg["guidance"],
-                "clamp_denoised": cfg["clamp_denoised"],
+                "clamp_denoised": cfg["clamp_denoised"], "layout": cfg["layout"],
                 "model_sha256": io.sha256(model_path)}
+    if cfg["layout"] == "seed_per_image":
+        if not hasattr(model, "sample_from"):
+            raise UserError("sample.layout = 'seed_per_image' starts each image from its own latents: it needs "
+                            "diffusion.arch: ddpmpp (or a released EDM model)")
+        identity["latent_device"] = device.type   # a CUDA generator draws other numbers than a CPU one
+
+    def make(start: int, labels: np.ndarray, shard_seed: int) -> np.ndarray:
+        if cfg["layout"] == "seed_per_image":
+            return _generate_per_image(model, start, labels, cfg["batch_size"], device)
+        return _generate(model, labels, shard_seed, cfg["batch_size"], device)
+
     fill(Path(out_dir), generated_count(cfg, generator), cfg["shard_size"], num_classes, seed, shards, identity,
-         lambda labels, shard_seed: _generate(model, labels, shard_seed, cfg["batch_size"], device), clock)
+         make, clock)
 
 
 @torch.inference_mode()
@@ -48,6 +63,26 @@ def _generate(model: nn.Module, labels: np.ndarray, seed: int, batch_size: int,
     for begin in range(0, len(labels), batch_size):
         classes = torch.from_numpy(labels[begin:begin + batch_size]).to(device)
         batches.append(to_uint8(model.sample(classes, generator)))
+    return np.ascontiguousarray(np.concatenate(batches))
+
+
+def image_latents(seeds: np.ndarray, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """One latent per seed, each from a generator of its own on `device` (DM-Improves-AT's StackedRandomGenerator)."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator(device).manual_seed(int(seed) % (1 << 32)),
+                                    device=device) for seed in seeds])
+
+
+@torch.inference_mode()
+def _generate_per_image(model: nn.Module, start: int, labels: np.ndarray, batch_size: int,
+                        device: torch.device) -> np.ndarray:
+    """Images start, start + 1, ...: image i of class i mod K from the latents of seed i // K."""
+    shape = (model.channels, model.image_size, model.image_size)
+    batches = []
+    for begin in range(0, len(labels), batch_size):
+        index = np.arange(start + begin, start + min(begin + batch_size, len(labels)))
+        classes = torch.from_numpy(labels[begin:begin + batch_size]).to(device)
+        latents = image_latents(index // model.num_classes, shape, device)
+        batches.append(to_uint8(model.sample_from(latents, model.one_hot(classes))))
     return np.ascontiguousarray(np.concatenate(batches))
 
 
