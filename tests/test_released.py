@@ -196,7 +196,7 @@ def test_ddpmpp_trains_samples_and_is_judged_and_a_released_model_replaces_it_th
     target = "data/digits/generated/edm/quality.json"
     run(["snakemake", "--cores", "2", target], project)
     log = (project / "logs/digits/train_diffusion_edm.log").read_text()
-    assert "ddpmpp network, 189,667 parameters" in log     # NVlabs' c8 (189,523) plus the 9 augmentation inputs
+    assert "EDMDiffusion, 189,667 parameters" in log     # NVlabs' c8 (189,523) plus the 9 augmentation inputs
     quality = json.loads((project / target).read_text())
     assert quality["class_agreement"]["overall"] is not None
 

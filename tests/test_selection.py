@@ -195,20 +195,27 @@ def test_confidence_mode_of_the_stage_labels_by_argmax(tmp_path, classifier, jud
     assert np.asarray(written["label"]).tolist() == argmax.tolist() and np.asarray(written["keep"]).all()
 
 
-def test_conditioning_mode_refuses_unconditional_images(tmp_path, classifier, judged, digits_settings) -> None:
+def test_unconditional_images_take_the_classifiers_argmax_in_conditioning_mode(tmp_path, classifier, judged,
+                                                                               digits_settings) -> None:
+    """Gowal et al.'s DDPM arm beside Wang et al.'s EDM arms in one grid: one mode labels both as their papers do."""
     directory = tmp_path / "shards"
-    shards.write_shard(directory, 0, np.zeros((4, 32, 32, 3), np.uint8), np.full(4, -1, np.int64), {})
-    shards.write_manifest(directory, [(0, 4)], 10, StageClock("test"))
+    shards.write_shard(directory, 0, np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+                       np.full(4, -1, np.int64), {})
+    shards.write_manifest(directory, [(0, 4)], 10, StageClock("test"), generator="ddpm")
     settings = copy.deepcopy(digits_settings)
-    settings["pseudo_label"]["mode"] = "conditioning"
-    with pytest.raises(UserError, match=f"{directory}: holds unconditional images"):
-        pseudo_label(settings, classifier, directory, *judged, tmp_path / "labels.npz")
+    settings["pseudo_label"].update(mode="conditioning", keep_fraction=0.5)   # DDPM sets are not filtered
+    pseudo_label(settings, classifier, directory, *judged, tmp_path / "labels.npz")
+    model, _ = load_classifier(classifier, 10)
+    with torch.no_grad():
+        predicted = model(to_tensor(io.load_images(directory / "shard-00000.npz")[0], torch.device("cpu"))).argmax(1)
+    written = io.open_npz(tmp_path / "labels.npz")
+    assert np.asarray(written["label"]).tolist() == predicted.tolist() and np.asarray(written["keep"]).all()
 
 
 def test_only_small_diffusion_sets_are_oversampled_and_filtered() -> None:
     """Wang et al.: the 1M set is the top 20% of 5M; 20M and 50M are taken as generated; Gaussian noise never filtered."""
     sample = {"num_images": 1_000_000, "oversample": 5, "filter_up_to": 1_000_000, "shard_size": 100_000}
-    assert shards.generated_count(sample, "edm") == 5_000_000 and shards.filtered(sample, "ddpm")
+    assert shards.generated_count(sample, "edm") == 5_000_000 and not shards.filtered(sample, "ddpm")   # Gowal et al.
     assert shards.generated_count(sample, "gaussian") == 1_000_000 and not shards.filtered(sample, "gaussian")
     big = dict(sample, num_images=20_000_000)
     assert shards.generated_count(big, "edm") == 20_000_000 and shards.shard_count(big, "edm") == 200

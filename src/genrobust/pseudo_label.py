@@ -6,7 +6,8 @@ Two recipes (params `pseudo_label.mode`):
 - `conditioning` (Wang et al. 2023): the label stays the class the image was generated for and the
   score is the classifier's probability of that class, so the kept images are those that look
   most like what they were asked to be; with `sample.oversample: 5` and `keep_fraction: 0.2`
-  this is the paper's "generate 5x, keep the best 20% per class".
+  this is the paper's "generate 5x, keep the best 20% per class". An unconditional image (label -1,
+  Gowal et al.'s DDPM) has no such class: it takes the classifier's argmax, as in `confidence`.
 - `arc` (Sehwag et al. 2022): the label is the conditioning class (the classifier's argmax for an
   unconditional image) and the score is the probability of "real" given by the robust
   real-vs-generated discriminator that the quality stage trained (`quality.arc.select_eps`), so
@@ -68,10 +69,14 @@ def select(scores: Scores, mode: str, fraction: float, num_classes: int,
            unscored: np.ndarray | None = None) -> Selection:
     """The labels and the kept images of `mode` (the schema allows only these three).
 
-    `unscored`: images the arc mode's discriminator trained on; its score of them says nothing, so they are
+    An image without a conditioning class (label -1: Gowal et al.'s unconditional DDPM, an imported set labelled by
+    the classifier) takes the classifier's argmax in every mode. `unscored`: images the arc mode's discriminator
+    trained on; its score of them says nothing, so they are
     never kept (they rank last and are dropped).
     """
-    label, confidence = {"conditioning": (scores.conditioned, scores.p_conditioned),
+    unconditional = scores.conditioned < 0     # no class to keep: Gowal et al. label those by the classifier
+    label, confidence = {"conditioning": (np.where(unconditional, scores.predicted, scores.conditioned),
+                                          np.where(unconditional, scores.p_predicted, scores.p_conditioned)),
                          "confidence": (scores.predicted, scores.p_predicted),
                          "arc": (np.where(scores.conditioned >= 0, scores.conditioned, scores.predicted),
                                  scores.p_real)}[mode]
@@ -124,9 +129,6 @@ def pseudo_label(settings: dict[str, Any], classifier_path: Path, shard_dir: Pat
                  discriminator_path: Path, labels_out: Path) -> None:
     num_classes, cfg = settings["dataset"]["num_classes"], settings["pseudo_label"]
     shards = ShardSet.open(shard_dir, verify=True)
-    if cfg["mode"] == "conditioning" and any((np.asarray(labels) < 0).any() for labels in shards.labels):
-        raise UserError(f"{shard_dir}: holds unconditional images (label -1), but pseudo_label.mode = 'conditioning' "
-                        "needs each image's conditioning class; use mode: confidence")
     model, ckpt = load_classifier(classifier_path, num_classes, device())
     discriminator, _ = load_classifier(discriminator_path, 2, device())
     quality, quality_meta = quality_summary(quality_path)

@@ -31,9 +31,9 @@ def filtered(sample: Mapping[str, Any], generator: str) -> bool:
     """Whether a generated set is oversampled and filtered by pseudo_label.
 
     Wang et al. do it only to build a diffusion model's smaller sets (their 1M: the top 20% of
-    5M); their 20M and 50M sets, like Gowal et al.'s Gaussian baseline, are used as generated.
+    5M); their 20M and 50M sets, like Gowal et al.'s DDPM samples and Gaussian baseline, are used as generated.
     """
-    return generator in ("edm", "ddpm") and sample["num_images"] <= sample["filter_up_to"]
+    return generator == "edm" and sample["num_images"] <= sample["filter_up_to"]
 
 
 def oversample(sample: Mapping[str, Any], generator: str) -> int:
@@ -113,11 +113,13 @@ def write_manifest(directory: str | os.PathLike, bounds: Sequence[tuple[int, int
 
 
 def fill(out_dir: Path, num_images: int, shard_size: int, num_classes: int, seed: int, only: list[int] | None,
-         identity: Mapping[str, Any], make: Callable[[int, np.ndarray, int], np.ndarray], clock: StageClock) -> None:
+         identity: Mapping[str, Any], make: Callable[[int, np.ndarray, int], np.ndarray], clock: StageClock,
+         conditional: bool = True) -> None:
     """Make every shard of `num_images` images that is not done (all, or those in `only`), then, for all, the manifest.
 
     `make(start, labels, shard_seed)` returns the uint8 NHWC images start, start + 1, ... of the given labels; it is
     the only thing a generator supplies, so every generator gets the same layout, seeding, resume and manifest.
+    An unconditional generator's (`conditional` false) images are labelled -1: pseudo_label gives them a class.
     """
     bounds = shard_bounds(num_images, shard_size)
     if only is not None and (bad := [k for k in only if not 0 <= k < len(bounds)]):
@@ -131,7 +133,7 @@ def fill(out_dir: Path, num_images: int, shard_size: int, num_classes: int, seed
     for k in todo:
         tick = time.perf_counter()
         start, stop = bounds[k]
-        labels = shard_labels(start, stop, num_classes)
+        labels = shard_labels(start, stop, num_classes) if conditional else np.full(stop - start, -1, np.int64)
         images = make(start, labels, shard_seed(seed, k))
         seconds = round(time.perf_counter() - tick, 3)
         write_shard(out_dir, k, images, labels, {**identity, "shard": k, "start": start, "stop": stop,

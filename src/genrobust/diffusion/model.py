@@ -1,10 +1,9 @@
-"""Class-conditional diffusion models (EDM and DDPM) built from params.
+"""The diffusion models built from params: EDM (class-conditional) and Gowal et al.'s DDPM (unconditional).
 
-`diffusion.arch: ddpmpp` (the paper preset) is EDM's own network and recipe (`edm.py`, `ddpmpp.py`). `arch: unet`
-wraps denoising-diffusion-pytorch's classifier-free-guidance `Unet` (the smoke preset and the demo). The package's
-`ElucidatedDiffusion` is unconditional and its class-conditional `GaussianDiffusion` lacks
-the sigmoid schedule and a seedable sampler, so the two subclasses below add exactly that.
-Every model takes and returns images in [0, 1], shaped (B, 3, 32, 32). A model may work at a lower
+Generator `edm` with `diffusion.arch: ddpmpp` (the paper preset) is EDM's own network and recipe (`edm.py`,
+`ddpmpp.py`); with `arch: unet` it wraps denoising-diffusion-pytorch's classifier-free-guidance `Unet` (the smoke
+preset and the demo) under the package's `ElucidatedDiffusion`, which is unconditional and lacks a seedable
+sampler, so the subclass below adds exactly that. Generator `ddpm` is `ddpm.py`. Every model takes and returns images in [0, 1], shaped (B, 3, 32, 32). A model may work at a lower
 `diffusion.resolution` (digits are 8x8 at heart): it is trained on the images resized down to it and
 its samples are resized back up to 32 the way prepare_data resized the real images up.
 
@@ -18,14 +17,15 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from denoising_diffusion_pytorch.classifier_free_guidance import GaussianDiffusion, Unet
-from denoising_diffusion_pytorch.denoising_diffusion_pytorch import sigmoid_beta_schedule
+from denoising_diffusion_pytorch.classifier_free_guidance import Unet
+from denoising_diffusion_pytorch.denoising_diffusion_pytorch import Unet as PlainUnet
 from denoising_diffusion_pytorch.elucidated_diffusion import (ElucidatedDiffusion, normalize_to_neg_one_to_one,
                                                               unnormalize_to_zero_to_one)
 from torch import nn
 
 from ..errors import UserError
 from .augment import LABEL_DIM
+from .ddpm import UnconditionalDDPM
 from .ddpmpp import DDPMppSettings
 from .edm import EDMDiffusion
 from .guidance import guided
@@ -96,70 +96,6 @@ class ConditionalElucidatedDiffusion(ElucidatedDiffusion):
         return out.clamp(-1.0, 1.0) if self.clamp_denoised else out
 
 
-class ConditionalGaussianDiffusion(GaussianDiffusion):
-    """The package's class-conditional DDPM, plus the sigmoid schedule and a seeded DDIM sampler."""
-
-    guidance = 1.0   # sample.guidance (load_model sets it)
-
-    def __init__(self, model: Unet, *, beta_schedule: str, timesteps: int, **kwargs: Any) -> None:
-        super().__init__(model, timesteps=timesteps, beta_schedule="linear" if beta_schedule == "sigmoid"
-                         else beta_schedule, **kwargs)
-        if beta_schedule == "sigmoid":
-            self._use_betas(sigmoid_beta_schedule(timesteps))
-
-    @torch.no_grad()
-    def _use_betas(self, betas: torch.Tensor) -> None:
-        """Recompute every schedule buffer from `betas`, with the package's own formulas."""
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
-        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        snr = alphas_cumprod / (1.0 - alphas_cumprod)
-        loss_weight = {"pred_noise": torch.ones_like(snr), "pred_x0": snr, "pred_v": snr / (snr + 1)}[self.objective]
-        buffers = {
-            "betas": betas,
-            "alphas_cumprod": alphas_cumprod,
-            "alphas_cumprod_prev": alphas_cumprod_prev,
-            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
-            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
-            "log_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).log(),
-            "sqrt_recip_alphas_cumprod": (1.0 / alphas_cumprod).sqrt(),
-            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1).sqrt(),
-            "posterior_variance": posterior_variance,
-            "posterior_log_variance_clipped": posterior_variance.clamp(min=1e-20).log(),
-            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
-            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod),
-            "loss_weight": loss_weight,
-        }
-        for name, value in buffers.items():
-            getattr(self, name).copy_(value.float())
-
-    @torch.no_grad()
-    def sample(self, classes: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:
-        """DDIM with eta = 0 over `steps` (default: `sampling_timesteps`) on the package's time grid, no guidance."""
-        steps = steps or self.sampling_timesteps
-        times = torch.linspace(-1, self.num_timesteps - 1, steps + 1).int().tolist()[::-1]
-        shape = (len(classes), self.channels, self.image_size, self.image_size)
-        x = torch.randn(shape, generator=generator).to(self.device)
-        for time, time_next in zip(times[:-1], times[1:]):
-            pred_noise, x_start = self._predict(x, time, classes)
-            if time_next < 0:
-                x = x_start
-            else:
-                alpha_next = self.alphas_cumprod[time_next]
-                x = x_start * alpha_next.sqrt() + (1 - alpha_next).sqrt() * pred_noise
-        return to_pipeline_size(unnormalize_to_zero_to_one(x))
-
-    def _predict(self, x: torch.Tensor, time: int, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(noise, clipped x_0) predicted at integer `time`, as the package's `model_predictions` without CFG."""
-        t = torch.full((len(x),), time, device=x.device, dtype=torch.long)
-        out = guided(lambda drop: self.model(x, t, classes, cond_drop_prob=drop), self.guidance)
-        if self.objective == "pred_noise":
-            x_start = self.predict_start_from_noise(x, t, out).clamp(-1.0, 1.0)
-            return out, x_start
-        x_start = (out if self.objective == "pred_x0" else self.predict_start_from_v(x, t, out)).clamp(-1.0, 1.0)
-        return self.predict_noise_from_start(x, t, x_start), x_start
-
-
 def resolution(config: Mapping[str, Any]) -> int:
     """The model's working size (files from before `diffusion.resolution` existed are 32)."""
     return config.get("resolution") or IMAGE_SIZE
@@ -195,37 +131,33 @@ def ddpmpp_settings(config: Mapping[str, Any]) -> DDPMppSettings:
 
 def build_model(generator: str, config: Mapping[str, Any], num_classes: int,
                 sample_steps: int | None = None) -> nn.Module:
-    """A fresh model; `sample_steps` (params `sample.steps`) sets how many steps `sample` takes."""
+    """A fresh model; `sample_steps` (params `sample.steps`) sets how many steps an EDM model's `sample` takes.
+
+    `diffusion.arch` picks the EDM network; Gowal et al.'s DDPM is always the package's unconditional Unet.
+    """
     if generator not in GENERATORS:
         raise UserError(f"generator {generator!r}: must be one of {', '.join(map(repr, GENERATORS))}")
     size = resolution(config)
-    if arch(config) == "ddpmpp":
-        return _build_ddpmpp(generator, config, num_classes, size, sample_steps)
+    if arch(config) == "ddpmpp" and generator == "edm":
+        return _build_ddpmpp(config, num_classes, size, sample_steps)
     unet = config["unet"]
     _check_resolution(size, len(unet["dim_mults"]) - 1, "diffusion.unet.dim_mults", unet["dim_mults"])
+    if generator == "ddpm":
+        ddpm = config["ddpm"]
+        return UnconditionalDDPM(PlainUnet(dim=unet["dim"], dim_mults=tuple(unet["dim_mults"]), channels=CHANNELS),
+                                 image_size=size, timesteps=ddpm["timesteps"], objective=ddpm["objective"],
+                                 beta_schedule=ddpm["beta_schedule"])
     net = ConditionalUnet(dim=unet["dim"], num_classes=num_classes, cond_drop_prob=unet["cond_drop_prob"],
-                          dim_mults=tuple(unet["dim_mults"]), channels=CHANNELS,
-                          learned_sinusoidal_cond=generator == "edm")
-    if generator == "edm":
-        edm = config["edm"]
-        steps = {} if sample_steps is None else {"num_sample_steps": sample_steps}
-        return ConditionalElucidatedDiffusion(net, image_size=size, channels=CHANNELS, **steps,
-                                              **{key: edm[key] for key in ("sigma_min", "sigma_max", "sigma_data",
-                                                                           "rho", "P_mean", "P_std")})
-    ddpm = config["ddpm"]
-    if sample_steps is not None and sample_steps > ddpm["timesteps"]:
-        raise UserError(f"sample.steps = {sample_steps}: must be at most diffusion.ddpm.timesteps = {ddpm['timesteps']}")
-    return ConditionalGaussianDiffusion(net, image_size=size, timesteps=ddpm["timesteps"],
-                                        sampling_timesteps=sample_steps, objective=ddpm["objective"],
-                                        beta_schedule=ddpm["beta_schedule"])
+                          dim_mults=tuple(unet["dim_mults"]), channels=CHANNELS, learned_sinusoidal_cond=True)
+    edm = config["edm"]
+    steps = {} if sample_steps is None else {"num_sample_steps": sample_steps}
+    return ConditionalElucidatedDiffusion(net, image_size=size, channels=CHANNELS, **steps,
+                                          **{key: edm[key] for key in ("sigma_min", "sigma_max", "sigma_data",
+                                                                       "rho", "P_mean", "P_std")})
 
 
-def _build_ddpmpp(generator: str, config: Mapping[str, Any], num_classes: int, size: int,
-                  sample_steps: int | None) -> EDMDiffusion:
-    """EDM's DDPM++ under EDM's preconditioning (generator edm only: the network is trained with EDM's loss)."""
-    if generator != "edm":
-        raise UserError(f"diffusion.arch = 'ddpmpp' trains with EDM's loss: generator {generator!r} needs "
-                        "diffusion.arch: unet")
+def _build_ddpmpp(config: Mapping[str, Any], num_classes: int, size: int, sample_steps: int | None) -> EDMDiffusion:
+    """EDM's DDPM++ under EDM's preconditioning."""
     network = ddpmpp_settings(config)
     _check_resolution(size, len(network.channel_mult) - 1, "diffusion.ddpmpp.channel_mult", list(network.channel_mult))
     steps = {} if sample_steps is None else {"sample_steps": sample_steps}

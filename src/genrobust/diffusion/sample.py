@@ -51,7 +51,7 @@ def sample_diffusion(settings: Mapping[str, Any], generator: str, model_path: Pa
         return _generate(model, labels, shard_seed, cfg["batch_size"], device)
 
     fill(Path(out_dir), generated_count(cfg, generator), cfg["shard_size"], num_classes, seed, shards, identity,
-         make, clock)
+         make, clock, conditional=generator == "edm")
 
 
 @torch.inference_mode()

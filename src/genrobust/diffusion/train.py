@@ -70,9 +70,6 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
         import_pretrained(settings, generator, Path(pretrained), model_out)
         return
     num_classes = settings["dataset"]["num_classes"]
-    if generator == "ddpm" and cfg["grid_every"] and cfg["grid_steps"] > cfg["ddpm"]["timesteps"]:
-        raise UserError(f"diffusion.grid_steps = {cfg['grid_steps']}: must be at most "
-                        f"diffusion.ddpm.timesteps = {cfg['ddpm']['timesteps']}")
     arrays = io.open_npz(train_path)
     images, labels = io.validate_images(train_path, arrays, num_classes)
     io.require_every_class(train_path, labels, num_classes, "the class-conditional diffusion model")
@@ -87,7 +84,7 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
     recipe = Recipe.from_params(cfg)
     optimizer = make_optimizer(model, recipe)
     ema = make_ema(model, recipe)
-    print(f"train_diffusion {generator}: {cfg['arch']} network, {sum(p.numel() for p in model.parameters()):,} "
+    print(f"train_diffusion {generator}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} "
           "parameters", flush=True)
     state_file = StateFile(Path(work_dir) / CKPT_NAME, CKPT_KEYS)
     start = _resume(state_file, fingerprint, cfg["steps"], model, ema, optimizer, device, restart)
