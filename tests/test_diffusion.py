@@ -41,7 +41,7 @@ def settings(digits_settings: dict) -> dict:
     settings = copy.deepcopy(digits_settings)
     settings["diffusion"].update(unet={"dim": 8, "dim_mults": [1, 2], "cond_drop_prob": 0.1},
                                  steps=2, batch_size=4, checkpoint_every=1, grid_every=0)
-    settings["diffusion"]["ddpm"]["timesteps"] = 20
+    settings["diffusion"]["ddpm"].update(timesteps=8, beta_schedule="cosine")   # linear at so few steps reaches beta 1
     settings["sample"].update(num_images=NUM_IMAGES, oversample=1, shard_size=SHARD_SIZE, batch_size=4, steps=2)
     return settings
 
@@ -186,7 +186,7 @@ def test_sigmoid_schedule_replaces_the_package_default(settings) -> None:
     config = model_config(settings["diffusion"], "ddpm")
     config["ddpm"]["beta_schedule"] = "sigmoid"
     model = build_model("ddpm", config, 10)
-    expected = torch.cumprod(1 - sigmoid_beta_schedule(20), dim=0).float()
+    expected = torch.cumprod(1 - sigmoid_beta_schedule(config["ddpm"]["timesteps"]), dim=0).float()
     torch.testing.assert_close(model.alphas_cumprod, expected)
     torch.testing.assert_close(model.sqrt_one_minus_alphas_cumprod, (1 - expected).sqrt())
 
@@ -313,3 +313,14 @@ def test_sigkilled_sampling_keeps_finished_shards_and_ends_equal_to_an_uninterru
     assert len(resumed) == len(straight) == 80
     for mine, theirs in zip(resumed.images + resumed.labels, straight.images + straight.labels):
         assert np.asarray(mine).tobytes() == np.asarray(theirs).tobytes()
+
+
+def test_ddpm_samples_by_the_packages_own_ancestral_loop(settings) -> None:
+    """Gowal et al.'s arm: Ho et al.'s Algorithm 2 over every timestep, as GaussianDiffusion.p_sample_loop runs it;
+    ours draws the same numbers from the shard's generator instead of torch's global one."""
+    model = build_model("ddpm", model_config(settings["diffusion"], "ddpm"), 10).eval()
+    ours = model.sample(torch.zeros(3, dtype=torch.long), torch.Generator().manual_seed(7))
+    torch.manual_seed(7)
+    with torch.inference_mode():
+        package = model.p_sample_loop((3, 3, 32, 32))
+    torch.testing.assert_close(ours, package)

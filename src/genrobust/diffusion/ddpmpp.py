@@ -116,11 +116,13 @@ class ResBlock(nn.Module):
             return x
         batch, channels, height, width = x.shape
         # qkv's output channels are interleaved (c0q, c0k, c0v, c1q, ...): the released weights' layout.
-        # Written out in the (B, C, positions) layout rather than F.scaled_dot_product_attention: given 3-D inputs
-        # SDPA takes its generic path (transposed copies, masked softmax), 2-3x slower on a CPU than these two
-        # products (benchmarks/sampling_edm.py); its fused kernels need 4-D inputs and are no faster there.
+        # softmax(q^T k / sqrt(C)) weighting v, written out in the (B, C, positions) layout: F.scaled_dot_product_attention
+        # on 3-D inputs takes its generic path (transposed copies, a masked softmax), 1.4-2x slower on a CPU
+        # (benchmarks/sampling_edm.py). Both q and k are scaled by C^(-1/4), as that path does, so the numbers are
+        # the same to the bit.
         q, k, v = self.qkv(self.norm2(x)).reshape(batch, channels, 3, height * width).unbind(2)
-        weights = torch.einsum("bci,bcj->bij", q, k / math.sqrt(channels)).softmax(dim=2)
+        scale = channels ** -0.25
+        weights = torch.einsum("bci,bcj->bij", q * scale, k * scale).softmax(dim=2)
         out = torch.einsum("bij,bcj->bci", weights, v)
         return (self.proj(out.reshape(x.shape)) + x) * SKIP_SCALE
 
