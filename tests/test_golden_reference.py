@@ -93,7 +93,10 @@ def test_three_training_steps_match_the_reference(loss: str, threat: str) -> Non
     golden = FIGURES[f"{loss}_{threat}"]
     model, ema, losses, adv0, recipe = _run(loss, threat)
     delta = (adv0 - _batches()[0][0]).double()
-    assert float(delta.sum()) == pytest.approx(golden["adv0"]["delta_sum"], rel=REL, abs=1e-4)
+    # The perturbation's entries cancel in its sum (L2 TRADES: sum -0.53 of magnitudes 168), so the sum is only as
+    # exact as REL x their magnitudes: on another AVX512 CPU it differs by 1.8e-4 while the norm agrees to 1e-7.
+    assert float(delta.sum()) == pytest.approx(golden["adv0"]["delta_sum"], rel=REL,
+                                               abs=max(1e-4, REL * golden["adv0"]["delta_abs_sum"]))
     assert float(delta.abs().sum()) == pytest.approx(golden["adv0"]["delta_abs_sum"], rel=REL)
     assert float(delta.norm()) == pytest.approx(golden["adv0"]["delta_norm"], rel=REL)
     assert losses == pytest.approx(golden["losses"], rel=REL)
