@@ -13,7 +13,8 @@ from genrobust import io, shards
 from genrobust.data.transform import to_tensor
 from genrobust.models.checkpoint import build_classifier, load_classifier, save_classifier
 from genrobust.provenance import StageClock
-from genrobust.quality import arc, inception
+from genrobust.quality import arc, edm_fid, inception, stage, tf_inception
+from genrobust.quality.frechet import frechet_distance
 from genrobust.quality.stage import quality, subset
 
 from .conftest import write_images
@@ -63,15 +64,20 @@ def _settings(digits_settings: dict, **quality_overrides) -> dict:
     return settings
 
 
-@pytest.fixture
-def stage_inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
-    train_images, _ = write_images(tmp_path / "train.npz", 100, seed=0)
+def _stage_inputs(tmp_path: Path, train_count: int = 100) -> tuple[Path, Path, Path]:
+    """A 100-image generated set, `train_count` training images and a random standard classifier."""
+    write_images(tmp_path / "train.npz", train_count, seed=0)
     generated, labels = write_images(tmp_path / "generated.npz", 100, seed=3)
     _set(tmp_path / "shards", generated, labels)
     torch.manual_seed(0)
     spec = {"arch": "wrn", "depth": 10, "width": 1, "activation": "relu"}
     save_classifier(tmp_path / "classifier.pt", build_classifier(spec, 10, [0.5] * 3, [0.25] * 3).eval(), spec, 10, {})
     return tmp_path / "shards", tmp_path / "train.npz", tmp_path / "classifier.pt"
+
+
+@pytest.fixture
+def stage_inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    return _stage_inputs(tmp_path)
 
 
 def test_the_stage_writes_every_figure_and_fid_says_why_it_is_missing(tmp_path, stage_inputs, digits_settings,
@@ -81,6 +87,9 @@ def test_the_stage_writes_every_figure_and_fid_says_why_it_is_missing(tmp_path, 
     quality(_settings(digits_settings), *stage_inputs, out, disc)
     result = io.read_json(out)
     assert result["fid"]["value"] is None and "weights" in result["fid"]["reason"]
+    assert result["fid"]["protocol"] == "pytorch-fid"
+    assert result["fid_edm"]["value"] is None and "weights" in result["fid_edm"]["reason"]
+    assert result["fid_edm"]["protocol"].startswith("EDM")
     assert result["classifier_fd"]["value"] > 0
     agreement = result["class_agreement"]
     assert 0 <= agreement["overall"] <= 1 and len(agreement["per_class"]) == 10
@@ -113,11 +122,34 @@ def test_classifier_fd_of_a_set_against_itself_is_zero(tmp_path, stage_inputs, d
     assert abs(io.read_json(tmp_path / "q.json")["classifier_fd"]["value"]) < 1e-6
 
 
-def test_fid_is_measured_with_local_inception_weights(tmp_path, stage_inputs, digits_settings, one_thread) -> None:
+def test_both_fids_are_measured_with_local_weights_bypassing_the_hash_check(tmp_path, digits_settings, one_thread,
+                                                                           monkeypatch) -> None:
+    """Random weights of the real architecture: their sha256 cannot start with the real file's prefix, so THIS TEST
+    replaces the expected prefix with the file's own hash. Only the bookkeeping is checked, never the values, so
+    the distances use the first 16 of the 2048 features (sqrtm of a 2048 x 2048 product takes ~8 s on one core;
+    test_frechet.py checks the formula). 24 training images: fid_edm runs Inception over the whole training set."""
+    stage_inputs = _stage_inputs(tmp_path, train_count=24)
     torch.manual_seed(0)
     weights = tmp_path / "pt_inception.pth"
     torch.save(inception.build_fid_inception().state_dict(), weights)   # the real architecture, random weights
-    settings = _settings(digits_settings, inception_weights=str(weights), num_images=12)
+    digest = tf_inception.file_sha256(weights)
+    monkeypatch.setattr(tf_inception, "EXPECTED_SHA256_PREFIX", digest[:8])
+    seen_dims = []
+
+    def first_16(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+        seen_dims.append(len(mu1))
+        return frechet_distance(mu1[:16], sigma1[:16, :16], mu2[:16], sigma2[:16, :16])
+
+    monkeypatch.setattr(stage, "frechet_distance", first_16)
+    monkeypatch.setattr(edm_fid, "frechet_distance", first_16)
+    settings = _settings(digits_settings, inception_weights=str(weights), num_images=6, fid_draws=2)
     quality(settings, *stage_inputs, tmp_path / "q.json", tmp_path / "d.pt")
-    fid = io.read_json(tmp_path / "q.json")["fid"]
+    result = io.read_json(tmp_path / "q.json")
+    fid = result["fid"]
     assert isinstance(fid["value"], float) and np.isfinite(fid["value"]) and "InceptionV3" in fid["features"]
+    assert fid["protocol"] == "pytorch-fid"
+    edm = result["fid_edm"]
+    assert len(edm["draws"]) == 2 and edm["draws"][0] != edm["draws"][1] and edm["value"] == min(edm["draws"])
+    assert edm["images_per_draw"] == 6 and edm["disjoint_draws"] and edm["real_images"] == 24   # the whole train set
+    assert edm["weights_sha256"] == digest and edm["protocol"].startswith("EDM") and edm["value"] != fid["value"]
+    assert seen_dims.count(2048) == 3                                   # fid once, fid_edm once per draw

@@ -94,31 +94,46 @@ def load_inception(weights: str | os.PathLike | None, device: str | torch.device
                    allow_download: bool = False, timeout_s: float = 120.0) -> tuple[nn.Module | None, str | None]:
     """(model in eval mode, None), or (None, one-line reason) when no weights can be had.
 
-    `weights` (quality.inception_weights) is the user's file: missing or not fitting is a
-    UserError naming it. Without it, torch hub's cached copy is used. A download is tried only
-    with `allow_download`, because urllib waits indefinitely on a silently dropped connection;
-    even then `timeout_s` bounds each network wait and the whole transfer.
+    Where the weights come from, and when a download is tried, is `resolve_weights`'s business; a
+    file that does not fit pytorch_fid's network is a UserError naming it.
+    """
+    path, reason = resolve_weights(weights, allow_download, timeout_s)
+    if path is None:
+        return None, reason
+    try:
+        inception = build_fid_inception()
+    except ImportError as exc:
+        return None, f"pytorch-fid is not installed ({exc}); FID needs pytorch-fid==0.3.0"
+    return _ready(inception, path, device), None
+
+
+def resolve_weights(weights: str | os.PathLike | None, allow_download: bool = False,
+                    timeout_s: float = 120.0) -> tuple[Path | None, str | None]:
+    """(path of the FID weights file, None), or (None, one-line reason) when there is none.
+
+    One resolution serves both FIDs the quality stage writes (pytorch-fid's and EDM's protocol), since
+    both run the same TF-ported weights. `weights` (quality.inception_weights) is the user's file:
+    missing is a UserError naming it. Without it, torch hub's cached copy is used. A download is
+    tried only with `allow_download`, because urllib waits indefinitely on a silently dropped
+    connection; even then `timeout_s` bounds each network wait and the whole transfer.
     """
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise UserError(f"{path}: FID Inception weights not found (quality.inception_weights); expected "
                             f"{FID_WEIGHTS_FILE} from {FID_WEIGHTS_URL}")
-    else:
-        path = cached_weights_path()
-        if not path.is_file():
-            if not allow_download:
-                return None, (f"no FID Inception weights: set quality.inception_weights to a copy of "
-                              f"{FID_WEIGHTS_URL} or put it at {path} (downloads are off)")
-            try:
-                _download(FID_WEIGHTS_URL, path, FID_WEIGHTS_SHA256_PREFIX, timeout_s)
-            except (OSError, ValueError, UserError) as exc:  # URLError, timeouts and refused writes are OSErrors
-                return None, f"could not download the FID Inception weights from {FID_WEIGHTS_URL}: {exc}"
+        return path, None
+    path = cached_weights_path()
+    if path.is_file():
+        return path, None
+    if not allow_download:
+        return None, (f"no FID Inception weights: set quality.inception_weights to a copy of "
+                      f"{FID_WEIGHTS_URL} or put it at {path} (downloads are off)")
     try:
-        inception = build_fid_inception()
-    except ImportError as exc:
-        return None, f"pytorch-fid is not installed ({exc}); FID needs pytorch-fid==0.3.0"
-    return _ready(inception, path, device), None
+        _download(FID_WEIGHTS_URL, path, FID_WEIGHTS_SHA256_PREFIX, timeout_s)
+    except (OSError, ValueError, UserError) as exc:  # URLError, timeouts and refused writes are OSErrors
+        return None, f"could not download the FID Inception weights from {FID_WEIGHTS_URL}: {exc}"
+    return path, None
 
 
 def _ready(inception: nn.Module, path: Path, device: str | torch.device) -> nn.Module:

@@ -1,8 +1,10 @@
 """The `quality` stage: judge a generated set before adversarial training uses it.
 
-Four figures, each answering a different question, written to `quality.json` beside the set:
+Five figures, each answering a different question, written to `quality.json` beside the set:
 - FID (Inception features, the number generative-model papers report; Wang et al. rank their
-  diffusion models by it): needs the FID Inception weights, so without them it is null, with why.
+  diffusion models by it), twice: `fid` as pytorch-fid computes it, and `fid_edm` by EDM's protocol
+  (TF1 resize, whole training set, best of `quality.fid_draws`; see `edm_fid`), the one that compares
+  with published numbers. Both need the FID Inception weights, so without them they are null, with why.
 - classifier FD: the same Fréchet distance on the standard classifier's penultimate features, which
   works offline, on any dataset, and sees the data as the pipeline's own classifier does.
 - class agreement: how often that classifier's argmax is the class an image was generated for,
@@ -27,8 +29,9 @@ from ..models.checkpoint import load_classifier, save_classifier
 from ..provenance import StageClock, read_meta
 from ..shards import ShardSet
 from . import arc
+from .edm_fid import fid_edm
 from .frechet import FeatureStats, features_stats, frechet_distance
-from .inception import load_inception, make_extractor
+from .inception import load_inception, make_extractor, resolve_weights
 
 Batches = Callable[[], Iterator[np.ndarray]]
 
@@ -75,14 +78,15 @@ def class_agreement(model: nn.Module, generated: Batches, labels: np.ndarray, nu
     return {"overall": float(hits.mean()), "per_class": per_class}
 
 
-def fid(cfg: Mapping[str, Any], real: Batches, generated: Batches, target: torch.device) -> dict[str, Any]:
-    weights = cfg["inception_weights"]
-    network, reason = load_inception(Path(weights) if weights else None, target, allow_download=cfg["inception_download"])
+def fid(weights: Path | None, missing: str | None, real: Batches, generated: Batches, target: torch.device,
+        batch_size: int) -> dict[str, Any]:
+    """pytorch-fid's FID of the two subsets; null with `missing` (why) when there are no weights."""
+    network, reason = (None, missing) if weights is None else load_inception(weights, target)
     if network is None:
-        return {"value": None, "reason": reason}
-    extract = make_extractor(network, target, cfg["batch_size"])
+        return {"value": None, "reason": reason, "protocol": "pytorch-fid"}
+    extract = make_extractor(network, target, batch_size)
     return {"value": _distance(features_stats(extract, real()), features_stats(extract, generated())),
-            "features": "InceptionV3 pool3, 2048-d (pytorch-fid's FID weights)"}
+            "protocol": "pytorch-fid", "features": "InceptionV3 pool3, 2048-d (pytorch-fid's FID weights)"}
 
 
 def _distance(a: FeatureStats, b: FeatureStats) -> float:
@@ -104,6 +108,12 @@ def quality(settings: Mapping[str, Any], shard_dir: Path, train_path: Path, clas
     generated = _batches(lambda index: shards.take(index)[0], chosen, cfg["batch_size"])
     real = _batches(lambda index: np.asarray(real_images[index]), real_chosen, cfg["batch_size"])
     labels = np.concatenate([np.asarray(part) for part in shards.labels])[chosen]   # labels only: no image read
+    weights, missing = resolve_weights(cfg["inception_weights"] or None, allow_download=cfg["inception_download"])
+    whole_train = _batches(lambda index: np.asarray(real_images[index]), np.arange(len(real_images)),
+                           cfg["batch_size"])
+    edm = fid_edm(weights, missing, whole_train,   # first: a wrong weights file stops the stage before ARC trains
+                  lambda index: _batches(lambda part: shards.take(part)[0], index, cfg["batch_size"]),
+                  len(shards), count, cfg["fid_draws"], settings["seed"] + 4, cfg["batch_size"], target)
 
     features = penultimate(classifier, target)
     arc_cfg = arc.ArcConfig.from_params(cfg["arc"])
@@ -116,7 +126,8 @@ def quality(settings: Mapping[str, Any], shard_dir: Path, train_path: Path, clas
     result = {
         "generator": shards.manifest.get("generator", settings["generator"]),
         "images": count, "real_images": real_count, "subset": "seeded random, not the first N",
-        "fid": fid(cfg, real, generated, target),
+        "fid": fid(weights, missing, real, generated, target, cfg["batch_size"]),
+        "fid_edm": edm,
         "classifier_fd": {"value": _distance(features_stats(features, real()), features_stats(features, generated())),
                           "features": f"penultimate layer of {classifier_path}"},
         "class_agreement": class_agreement(classifier, generated, labels, num_classes, target),
@@ -127,5 +138,6 @@ def quality(settings: Mapping[str, Any], shard_dir: Path, train_path: Path, clas
                     clock.meta(role="ARC robust discriminator (class 1: real)", eps=arc_cfg.select_eps))
     io.write_json(out, result)
     agreement = result["class_agreement"]["overall"]
-    print(f"quality: {count} images; FID {result['fid']['value']}, classifier FD {result['classifier_fd']['value']:.2f}, "
+    print(f"quality: {count} images; FID {result['fid']['value']} (EDM protocol: {edm['value']}), "
+          f"classifier FD {result['classifier_fd']['value']:.2f}, "
           f"class agreement {'n/a' if agreement is None else f'{agreement:.1%}'}, ARC {figures['value']:.4f}; wrote {out}")
