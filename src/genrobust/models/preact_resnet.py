@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .stem import fp32_stem
 from .wideresnet import _same_pad
 
 LAYOUTS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -57,7 +58,7 @@ class PreActResNet(nn.Module):
         self.logits = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv_2d((x - self.mean) / self.std)
+        out = fp32_stem(self.conv_2d, x, self.mean, self.std)
         out = self.layer_3(self.layer_2(self.layer_1(self.layer_0(out))))
         out = self.relu(self.batchnorm(out))
         return self.logits(F.adaptive_avg_pool2d(out, 1).flatten(1))

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .stem import fp32_stem
+
 
 def _same_pad(x: torch.Tensor, stride: int) -> torch.Tensor:
     """TensorFlow 'SAME' padding for a 3x3 kernel: asymmetric when striding by 2."""
@@ -87,6 +89,6 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layer(self.init_conv((x - self.mean) / self.std))
+        out = self.layer(fp32_stem(self.init_conv, x, self.mean, self.std))
         out = self.relu(self.batchnorm(out))
         return self.logits(F.avg_pool2d(out, out.shape[-2:]).flatten(1))   # the reference's pooling, to the last bit
