@@ -56,6 +56,8 @@ def test_snakemake_runs_the_whole_dag_on_digits(snakemake_project: Path) -> None
     assert result["attack"]["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert set(result["stage_wall_time_s"]) == {"prepare_data", "train_diffusion", "sample_diffusion",
                                                 "train_classifier", "quality", "pseudo_label", "adv_train", "evaluate"}
+    assert set(result["stage_numerics"]) == set(result["stage_wall_time_s"])       # precision, TF32, cuDNN flags
+    assert result["stage_numerics"]["adv_train"]["precision"] == "fp32"            # a CPU: auto is fp32
     assert result["generator"] == "edm" and result["num_generated"] > 0
     quality = json.loads((snakemake_project / "data/digits/generated/edm/quality.json").read_text())
     assert result["generated_quality"]["class_agreement"] == quality["class_agreement"]["overall"]

@@ -96,3 +96,16 @@ def test_robustbench_model_info_uses_their_conventions() -> None:
     l2 = dict(_valid_result(), norm="L2", eps=0.5)
     assert model_info(l2, "x")["eps"] == "0.5"
     json.dumps(info)
+
+
+def test_every_stage_records_the_flags_that_change_its_numbers() -> None:
+    """TF32, cuDNN's choices and the stage's precision travel with the artifacts, as the wall times do."""
+    from genrobust.provenance import StageClock
+    upstream = StageClock("adv_train")
+    upstream.precision = "bf16"
+    meta = StageClock("evaluate", upstream.meta()).meta()
+    assert set(meta["stage_numerics"]) == {"adv_train", "evaluate"}
+    assert meta["stage_numerics"]["adv_train"]["precision"] == "bf16"
+    assert meta["stage_numerics"]["evaluate"]["precision"] == "fp32"
+    assert {"tf32_matmul", "tf32_cudnn", "cudnn_benchmark", "cudnn_deterministic", "float32_matmul_precision",
+            "deterministic_algorithms"} <= set(meta["stage_numerics"]["evaluate"])

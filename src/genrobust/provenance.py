@@ -1,8 +1,11 @@
-"""Stage timing that travels inside the artifacts themselves.
+"""Stage timing and numerics that travel inside the artifacts themselves.
 
 Each stage records its own wall time next to those of the stages upstream of it (read
 from its inputs), so the final result JSON can report every stage's cost even when some
-artifacts were pulled from a DVC remote rather than computed on this machine.
+artifacts were pulled from a DVC remote rather than computed on this machine. The same way, each
+stage records the flags that change its numbers without changing any param (TF32, cuDNN's
+algorithm choice and determinism, the precision it computed in), so two results that differ can be
+told apart by more than their device name.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ class StageClock:
         self.started = time.perf_counter()
         self.times: dict[str, float] = {}
         self.gpus: dict[str, int] = {}
+        self.numerics: dict[str, dict[str, Any]] = {}
+        self.precision = "fp32"   # a stage that autocasts says so: `clock.precision = "bf16"`
         for meta in upstream:
             self.times.update(meta.get("stage_wall_time_s", {}))
             self.gpus.update(meta.get("stage_gpus", {}))
+            self.numerics.update(meta.get("stage_numerics", {}))
 
     def meta(self, **extra: Any) -> dict[str, Any]:
         """Wall times and GPU counts (GPU-hours = seconds x GPUs / 3600; 0 GPUs for a CPU run)."""
@@ -34,7 +40,21 @@ class StageClock:
         from . import distributed   # and each SLURM job parses it twice; torch costs 2 s of a 4.6 s parse
         times = dict(self.times, **{self.stage: round(time.perf_counter() - self.started, 3)})
         gpus = dict(self.gpus, **{self.stage: distributed.world_size() if torch.cuda.is_available() else 0})
-        return {"stage": self.stage, "stage_wall_time_s": times, "stage_gpus": gpus, **extra}
+        numerics = dict(self.numerics, **{self.stage: numerics_flags(self.precision)})
+        return {"stage": self.stage, "stage_wall_time_s": times, "stage_gpus": gpus, "stage_numerics": numerics,
+                **extra}
+
+
+def numerics_flags(precision: str) -> dict[str, Any]:
+    """The process-wide switches that change float results on a GPU, as they stand now, and the stage's precision."""
+    import torch
+    return {"precision": precision,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
 
 
 def gpu_hours(meta: Mapping[str, Any]) -> dict[str, float]:

@@ -80,6 +80,7 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
 
     _seed_everything(settings["seed"])
     opts = options(settings, device)
+    clock.precision = "bf16" if opts.bf16 else "fp32"
     model = build_model(generator, model_config(cfg, generator), num_classes).to(device, memory_format=_layout(opts))
     recipe = Recipe.from_params(cfg)
     optimizer = make_optimizer(model, recipe)

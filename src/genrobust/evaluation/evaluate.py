@@ -58,6 +58,7 @@ def provenance(meta: dict[str, Any], checkpoint: Path, test_path: Path, stages: 
         "host": socket.gethostname(),
         "stage_wall_time_s": stages["stage_wall_time_s"],
         "stage_gpu_hours": gpu_hours(stages),
+        "stage_numerics": stages.get("stage_numerics", {}),
     }
 
 

@@ -112,6 +112,7 @@ def train_on_mix(stage: str, settings: dict[str, Any], objective: dict[str, Any]
                     warmup_fraction=cfg["warmup_fraction"], ema_decay=cfg["ema_decay"], seed=seed,
                     epoch_steps=epoch_steps, accumulation_steps=cfg["accumulation_steps"], schedule=cfg["schedule"],
                     bn_momentum=cfg["bn_momentum"], **objective, **speed_options(cfg))
+    clock.precision = "bf16" if recipe.bf16 else "fp32"
     print(f"{stage}: {cfg['epochs']} epochs of {epoch_steps} steps of {mixer.real_per_batch} real + "
           f"{mixer.generated_per_batch} generated images ({len(data.real_images)} real and {n_generated} generated "
           f"available, {0 if validation is None else len(validation.labels)} held out), {describe}", flush=True)

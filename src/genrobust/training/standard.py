@@ -23,6 +23,7 @@ def train_classifier(settings: dict[str, Any], train_path: Path, model_out: Path
     recipe = Recipe(loss="ce", total_steps=cfg["epochs"] * mixer.steps_per_epoch(), lr=cfg["lr"], momentum=0.9,
                     nesterov=True, weight_decay=cfg["weight_decay"], warmup_fraction=0.025, ema_decay=None, seed=seed,
                     **speed_options(cfg))
+    clock.precision = "bf16" if recipe.bf16 else "fp32"
     result = fit(model, TrainingData(images, labels, flip=settings["dataset"].get("flip", False)), mixer, recipe, work_dir,
                  restart=restart)
     if distributed.is_main():
