@@ -93,9 +93,10 @@ def _rotate(angle: Tensor) -> Tensor:
     return _affine(angle.cos(), (-angle).sin(), angle.sin(), angle.cos(), device=angle.device)
 
 
-def _gate(values: Tensor, probability: float, shape: list[int] | None = None) -> Tensor:
+def _gate(values: Tensor, probability: float, shape: list[int] | None = None,
+          generator: torch.Generator | None = None) -> Tensor:
     """`values` where a fresh uniform draw (one per image) is below `probability`, else 0."""
-    fires = torch.rand(shape or list(values.shape), device=values.device) < probability
+    fires = torch.rand(shape or list(values.shape), device=values.device, generator=generator) < probability
     return torch.where(fires, values, torch.zeros_like(values))
 
 
@@ -152,48 +153,51 @@ class AugmentPipe:
     def __init__(self, settings: AugmentSettings = EDM_CIFAR10) -> None:
         self.settings = settings
 
-    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Augmented images and their labels; every draw from `generator` (None: torch's global RNG, as EDM)."""
         (n, _, h, w), s, device = images.shape, self.settings, images.device
+        rng = {"device": device, "generator": generator}
         labels = [torch.zeros([n, 0], device=device)]
         for multiplier, axis in ((s.xflip, 3), (s.yflip, 2)):
             if multiplier > 0:
-                flip = _gate(torch.randint(2, [n, 1, 1, 1], device=device), multiplier * s.p)
+                flip = _gate(torch.randint(2, [n, 1, 1, 1], **rng), multiplier * s.p, generator=generator)
                 images = torch.where(flip == 1, images.flip(axis), images)
                 labels.append(flip)
         if s.geometric:
-            g_inv, geometric_labels = self._geometry(n, h, w, device)
+            g_inv, geometric_labels = self._geometry(n, h, w, device, generator)
             images = _resample(images, g_inv)
             labels += geometric_labels
         return images, torch.cat([label.to(torch.float32).reshape(n, -1) for label in labels], dim=1)
 
-    def _geometry(self, n: int, h: int, w: int, device: torch.device) -> tuple[Tensor, list[Tensor]]:
+    def _geometry(self, n: int, h: int, w: int, device: torch.device,
+                  generator: torch.Generator | None) -> tuple[Tensor, list[Tensor]]:
         """Draw the transforms; return the inverse map (output -> input coordinates) and the labels.
 
         Undoing "scale, rotate, stretch, shift" is the product of the inverses in that order.
         """
-        s = self.settings
+        s, rng = self.settings, {"device": device, "generator": generator}
         g_inv, labels = torch.eye(3, device=device), []
         if s.scale > 0:
-            z = _gate(torch.randn([n], device=device), s.scale * s.p)
+            z = _gate(torch.randn([n], **rng), s.scale * s.p, generator=generator)
             shrink = 1 / z.mul(s.scale_std).exp2()
             g_inv = g_inv @ _affine(shrink, 0.0, 0.0, shrink, device=device)
             labels.append(z)
         if s.rotate_frac > 0:
-            angle = (torch.rand([n], device=device) * 2 - 1) * (math.pi * s.rotate_frac_max)
-            angle = _gate(angle, s.rotate_frac * s.p)
+            angle = (torch.rand([n], **rng) * 2 - 1) * (math.pi * s.rotate_frac_max)
+            angle = _gate(angle, s.rotate_frac * s.p, generator=generator)
             g_inv = g_inv @ _rotate(angle)
             labels += [angle.cos() - 1, angle.sin()]
         if s.aniso > 0:
-            z = torch.randn([n], device=device)
-            axis = (torch.rand([n], device=device) * 2 - 1) * math.pi
-            z = _gate(z, s.aniso * s.p)
-            axis = _gate(axis, s.aniso_rotate_prob)
+            z = torch.randn([n], **rng)
+            axis = (torch.rand([n], **rng) * 2 - 1) * math.pi
+            z = _gate(z, s.aniso * s.p, generator=generator)
+            axis = _gate(axis, s.aniso_rotate_prob, generator=generator)
             shrink = 1 / z.mul(s.aniso_std).exp2()
             stretch = _affine(shrink, 0.0, 0.0, 1 / shrink, device=device)   # 1 / shrink: the reference's rounding
             g_inv = g_inv @ _rotate(-axis) @ stretch @ _rotate(axis)
             labels += [z * axis.cos(), z * axis.sin()]
         if s.translate_frac > 0:
-            z = _gate(torch.randn([2, n], device=device), s.translate_frac * s.p, [1, n])
+            z = _gate(torch.randn([2, n], **rng), s.translate_frac * s.p, [1, n], generator)
             tx, ty = z[0].mul(w * s.translate_frac_std), z[1].mul(h * s.translate_frac_std)
             g_inv = g_inv @ _affine(1.0, 0.0, 0.0, 1.0, -tx, -ty, device=device)
             labels += [z[0], z[1]]

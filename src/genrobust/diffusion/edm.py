@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
@@ -84,6 +85,21 @@ def heun_sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], l
     return x
 
 
+@dataclass(frozen=True)
+class Draws:
+    """The per-image randomness of one EDM training batch: augmented images y in [-1, 1] and their labels, and the
+    N(0, 1) draws behind sigma and the noise. Sliced like a batch, so each process keeps its share of a global one."""
+
+    y: torch.Tensor
+    augment_labels: torch.Tensor | None
+    rnd_normal: torch.Tensor
+    noise: torch.Tensor
+
+    def __getitem__(self, rows: slice) -> "Draws":
+        return Draws(self.y[rows], None if self.augment_labels is None else self.augment_labels[rows],
+                     self.rnd_normal[rows], self.noise[rows])
+
+
 class EDMDiffusion(nn.Module):
     """The pipeline's `arch: ddpmpp` model: `forward(images, classes)` is the training loss, `sample` the images.
 
@@ -108,15 +124,22 @@ class EDMDiffusion(nn.Module):
     def one_hot(self, classes: torch.Tensor) -> torch.Tensor:
         return F.one_hot(classes.long(), self.num_classes).to(torch.float32)
 
-    def forward(self, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """EDM's training loss for one batch, drawing sigma, augmentation and noise in EDM's order from torch's RNG."""
+    def draw(self, images: torch.Tensor, generator: torch.Generator | None = None) -> Draws:
+        """sigma's normal draw, the augmentation and the noise for [0, 1] images, in EDM's order, from `generator`
+        (None: torch's global RNG, as EDM's loss draws)."""
         y = images * 2 - 1
-        rnd_normal = torch.randn([len(y), 1, 1, 1], device=y.device)
-        y, augment_labels = self.augment(y) if self.augment is not None else (y, None)
-        noise = torch.randn_like(y)
-        loss = edm_loss(self.net, y, self.one_hot(classes), rnd_normal, noise, augment_labels,
-                        self.edm["P_mean"], self.edm["P_std"])
-        return loss.sum() / len(y)
+        rnd_normal = torch.randn([len(y), 1, 1, 1], device=y.device, generator=generator)
+        y, augment_labels = self.augment(y, generator) if self.augment is not None else (y, None)
+        noise = torch.randn(y.shape, device=y.device, generator=generator)
+        return Draws(y, augment_labels, rnd_normal, noise)
+
+    def forward(self, images: torch.Tensor, classes: torch.Tensor, draws: Draws | None = None) -> torch.Tensor:
+        """EDM's training loss for one batch, summed over pixels and averaged over the batch; `draws` (of these
+        images) made by `draw`, else drawn here."""
+        draws = draws if draws is not None else self.draw(images)
+        loss = edm_loss(self.net, draws.y, self.one_hot(classes), draws.rnd_normal, draws.noise,
+                        draws.augment_labels, self.edm["P_mean"], self.edm["P_std"])
+        return loss.sum() / len(images)
 
     @torch.no_grad()
     def sample(self, classes: torch.Tensor, generator: torch.Generator, steps: int | None = None) -> torch.Tensor:

@@ -14,10 +14,8 @@ file keeps and what the sampler uses.
 from __future__ import annotations
 
 import contextlib
-import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping
 
@@ -33,6 +31,7 @@ from ..errors import UserError
 from ..provenance import StageClock, read_meta
 from ..resume import StateFile
 from .grid import grid_path, write_grid
+from .batches import Options, Rngs, draw_batch, layout, options, rng_state, seed_process, set_rng_state
 from .model import FORMAT, build_model, model_config, resolution
 from .pretrained import import_pretrained
 from .recipe import Recipe, apply_step, make_ema, make_optimizer
@@ -43,22 +42,6 @@ CKPT_KEYS = ("format", "fingerprint", "step", "model", "ema", "optimizer", "rng"
 LOG_EVERY = 50
 RECIPE_KEYS = ("batch_size", "optimizer", "lr", "lr_rampup_images", "weight_decay", "adam_eps", "grad_clip",
                "ema_halflife_images", "ema_rampup_ratio", "ema_decay")
-
-
-@dataclass(frozen=True)
-class Options:
-    """How each step runs, resolved from params and the device."""
-
-    flip: bool            # datasets.<name>.flip: may a batch image be mirrored left-right?
-    bf16: bool            # autocast the forward pass to bfloat16
-    channels_last: bool   # model and batches in NHWC, which GPU convolutions run faster in
-
-
-def options(settings: Mapping[str, Any], device: torch.device) -> Options:
-    precision = settings["diffusion"]["precision"]
-    return Options(flip=bool(settings["dataset"].get("flip", False)) and settings["diffusion"]["xflip"],
-                   bf16=precision == "bf16" or (precision == "auto" and device.type == "cuda"),
-                   channels_last=device.type == "cuda")
 
 
 def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Path, model_out: Path,
@@ -78,17 +61,19 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
     device = distributed.device()
     fingerprint = _fingerprint(settings, generator, train_path)
 
-    _seed_everything(settings["seed"])
+    seed_process(settings["seed"], distributed.rank())
+    rngs = Rngs.seeded(settings["seed"], device)
     opts = options(settings, device)
     clock.precision = "bf16" if opts.bf16 else "fp32"
-    model = build_model(generator, model_config(cfg, generator), num_classes).to(device, memory_format=_layout(opts))
+    model = build_model(generator, model_config(cfg, generator), num_classes).to(device, memory_format=layout(opts))
     recipe = Recipe.from_params(cfg)
     optimizer = make_optimizer(model, recipe)
     ema = make_ema(model, recipe)
     print(f"train_diffusion {generator}: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} "
           "parameters", flush=True)
     state_file = StateFile(Path(work_dir) / CKPT_NAME, CKPT_KEYS)
-    start = _resume(state_file, fingerprint, cfg["steps"], model, ema, optimizer, device, restart)
+    start = _resume(state_file, fingerprint, cfg["steps"], model, ema, optimizer, rngs, settings["seed"], device,
+                    restart)
 
     model.train()
     world = distributed.world_size()
@@ -101,11 +86,11 @@ def train_diffusion(settings: Mapping[str, Any], generator: str, train_path: Pat
         """Checkpoint, then draw a grid, on the steps params ask for and at the last one (first process only)."""
         last = step == cfg["steps"]
         if step % cfg["checkpoint_every"] == 0 or last:
-            _save_state(state_file, fingerprint, step, model, ema, optimizer)
+            _save_state(state_file, fingerprint, step, model, ema, optimizer, rngs)
         if cfg["grid_every"] and (step % cfg["grid_every"] == 0 or last):
             write_grid(ema.ema_model, num_classes, cfg["grid_steps"], settings["seed"], grid_path(work_dir, step))
 
-    _loop(trained, model, ema, optimizer, images, labels, recipe, cfg["steps"], opts, device, start,
+    _loop(trained, model, ema, optimizer, images, labels, recipe, cfg["steps"], opts, rngs, device, start,
           after_step, tag=generator)
     if not distributed.is_main():
         return
@@ -128,15 +113,9 @@ def _fingerprint(settings: Mapping[str, Any], generator: str, train_path: Path) 
             "train_sha256": io.sha256(train_path)}
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _loop(trained: nn.Module, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray,
-          labels: np.ndarray, recipe: Recipe, steps: int, opts: Options, device: torch.device, start: int,
-          after_step: Callable[[int], None], tag: str) -> None:
+          labels: np.ndarray, recipe: Recipe, steps: int, opts: Options, rngs: Rngs, device: torch.device,
+          start: int, after_step: Callable[[int], None], tag: str) -> None:
     """Steps `start + 1 ... steps` with a progress bar (images/s, loss) on stderr; `after_step` on the first process."""
     world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     batch_size = recipe.batch_size
@@ -147,10 +126,12 @@ def _loop(trained: nn.Module, model: nn.Module, ema: nn.Module, optimizer: torch
                mininterval=1.0 if sys.stderr.isatty() else 60.0)
     with bar:
         for step in range(start + 1, steps + 1):
-            x, y = _batch(images, labels, batch_size, opts, device)
+            x, y = draw_batch(images, labels, batch_size, opts, device, rngs.batch)
+            # EDM's network: the global batch's per-image draws, of which this process keeps its share.
+            draws = {"draws": model.draw(x, rngs.draws)[rank::world]} if hasattr(model, "draw") else {}
             x, y = x[rank::world], y[rank::world]
             with _autocast(device, opts.bf16):
-                loss = trained(x, classes=y)
+                loss = trained(x, classes=y, **draws)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             apply_step(model, ema, optimizer, recipe, (step - 1) * batch_size)
@@ -169,21 +150,6 @@ def _loop(trained: nn.Module, model: nn.Module, ema: nn.Module, optimizer: torch
                 after_step(step)
 
 
-def _layout(opts: Options) -> torch.memory_format:
-    return torch.channels_last if opts.channels_last else torch.contiguous_format
-
-
-def _batch(images: np.ndarray, labels: np.ndarray, batch_size: int, opts: Options,
-           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random batch in [0, 1], NCHW (with `flip`, half of it mirrored); only these rows are read from disk."""
-    index = torch.randint(len(images), (batch_size,)).numpy()
-    x = torch.from_numpy(images[index]).to(device).permute(0, 3, 1, 2).float().div_(255)
-    if opts.flip:
-        mirror = (torch.rand(batch_size) < 0.5).to(device).view(-1, 1, 1, 1)
-        x = torch.where(mirror, x.flip(3), x)
-    return x.contiguous(memory_format=_layout(opts)), torch.from_numpy(labels[index]).to(device)
-
-
 def _autocast(device: torch.device, bf16: bool) -> ContextManager[Any]:
     """bf16 mixed precision where asked (`auto`: on CUDA only, since on a CPU it is slower and gains nothing)."""
     if bf16:
@@ -196,15 +162,15 @@ def _cpu(state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _save_state(state_file: StateFile, fingerprint: Mapping[str, Any], step: int, model: nn.Module, ema: nn.Module,
-                optimizer: torch.optim.Optimizer) -> None:
+                optimizer: torch.optim.Optimizer, rngs: Rngs) -> None:
     """Everything needed to continue bit-for-bit: weights, EMA, optimizer, step and all RNG states."""
     state_file.save({"format": CKPT_FORMAT, "fingerprint": dict(fingerprint), "step": step,
                      "model": _cpu(model.state_dict()), "ema": _cpu(ema.state_dict()),
-                     "optimizer": optimizer.state_dict(), "rng": _rng_state()})
+                     "optimizer": optimizer.state_dict(), "rng": rng_state(rngs)})
 
 
 def _resume(state_file: StateFile, fingerprint: Mapping[str, Any], steps: int, model: nn.Module, ema: nn.Module,
-            optimizer: torch.optim.Optimizer, device: torch.device, restart: bool) -> int:
+            optimizer: torch.optim.Optimizer, rngs: Rngs, seed: int, device: torch.device, restart: bool) -> int:
     """Load the newest usable checkpoint and return its step; 0 (train from scratch) when there is none.
 
     One made with other settings or data, or already past `steps`, is set aside rather than trusted.
@@ -223,26 +189,6 @@ def _resume(state_file: StateFile, fingerprint: Mapping[str, Any], steps: int, m
     model.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
-    _set_rng_state(state["rng"], device)
+    set_rng_state(state["rng"], rngs, device, seed, distributed.rank(), state["step"])
     print(f"train_diffusion: resuming from {path} at step {state['step']}", flush=True)
     return state["step"]
-
-
-def _rng_state() -> dict[str, Any]:
-    """RNG states as tensors and plain Python values, so the checkpoint loads with weights_only=True."""
-    numpy_state = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": [torch.cuda.get_rng_state(torch.cuda.current_device())] if torch.cuda.is_available() else [],
-            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-            "python": [version, list(internal), gauss]}
-
-
-def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"]:
-        torch.cuda.set_rng_state(state["cuda"][0], torch.cuda.current_device())
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
