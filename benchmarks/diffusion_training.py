@@ -1,8 +1,8 @@
 """Diffusion training throughput: images/s of train_diffusion's own step loop, fp32 against bf16 / channels_last.
 
 Each variant runs genrobust.diffusion.train._loop (random batch from uint8 images, flips, forward
-under autocast, backward, gradient clipping, AdamW, EMA update) on a fresh EDM model, `--warmup`
-steps first, then `--iters` timed steps. Variants:
+under autocast, backward, then recipe.apply_step: gradient clipping, AdamW, EMA update; `arch: unet`'s
+recipe) on a fresh EDM model, `--warmup` steps first, then `--iters` timed steps. Variants:
   fp32      fp32, NCHW                        (precision: auto on a CPU)
   cl        fp32, channels_last
   bf16      bf16 autocast, NCHW
@@ -21,11 +21,12 @@ import time
 
 import numpy as np
 import torch
-from ema_pytorch import EMA
 from torch.utils.flop_counter import FlopCounterMode
 
 from genrobust.diffusion.model import build_model
-from genrobust.diffusion.train import Options, _layout, _loop
+from genrobust.diffusion.recipe import Recipe, make_ema, make_optimizer
+from genrobust.diffusion.batches import Options, Rngs, layout
+from genrobust.diffusion.train import _loop
 
 PEAK_TFLOPS = {"H100": {"fp32": 67.0, "bf16": 989.0}, "H200": {"fp32": 67.0, "bf16": 989.0},
                "A100": {"fp32": 19.5, "bf16": 312.0}}   # dense peaks (SXM), for the ratio only
@@ -71,14 +72,18 @@ def main() -> None:
         bf16, channels_last = VARIANTS[name]
         opts = Options(flip=True, bf16=bf16, channels_last=channels_last)
         torch.manual_seed(0)
-        model = build_model("edm", config, 10).to(device, memory_format=_layout(opts))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
-        ema = EMA(model, beta=0.9999, update_after_step=0, update_every=1, include_online_model=False)
+        model = build_model("edm", config, 10).to(device, memory_format=layout(opts))
+        # The Unet's update rule (torch's AdamW defaults, clipping, a constant-decay EMA), as this benchmark timed it
+        # before train_diffusion took a Recipe; no learning-rate ramp, which costs nothing.
+        recipe = Recipe(batch_size=args.batch, optimizer="adamw", lr=2e-4, lr_rampup_images=0, weight_decay=0.01,
+                        adam_eps=1e-8, grad_clip=1.0, ema_halflife_images=None, ema_rampup_ratio=None,
+                        ema_decay=0.9999)
+        optimizer, ema = make_optimizer(model, recipe), make_ema(model, recipe)
 
         def run(start: int, steps: int) -> None:
-            cfg = {"steps": steps, "batch_size": args.batch, "grad_clip": 1.0}
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-                _loop(model, model, ema, optimizer, images, labels, cfg, opts, device, start, lambda step: None, name)
+                _loop(model, model, ema, optimizer, images, labels, recipe, steps, opts, Rngs.seeded(0, device),
+                      device, start, lambda step: None, name)
 
         run(0, args.warmup)
         _sync(device)

@@ -11,9 +11,9 @@ network in float32. The weights are init + 0.02 randn (as the golden figures per
 output layers do not hide a difference. After `--warmup` calls of each, `--rounds` rounds time ours, then theirs
 (A B A B ...), so that other work on a shared machine slows both alike; one JSON line per measurement, then a
 summary line: images/s of each (best round, and median), ours / theirs, and the largest absolute difference
-between the two outputs (images in [0, 1]; float32 rounding alone gives about 1e-6).
+between the two outputs (images in [0, 1]; float32 rounding alone gives 1e-7 to 1e-6).
 
-  python benchmarks/sampling.py --edm /work/scratch/edm           # a small DDPM++ on a CPU (1-2 minutes on 2 cores)
+  python benchmarks/sampling.py --edm /work/scratch/edm           # a small DDPM++, a CPU (about a minute on 2 cores)
   python benchmarks/sampling.py --edm /path/to/edm --model-channels 128 --channel-mult 2,2,2 --num-blocks 4 \\
       --attn 16 --batch 512 --rounds 3                            # the paper's network (55.7 M parameters), a GPU
 """
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20, help="Heun steps (2 steps - 1 network calls)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls of each sampler first")
-    parser.add_argument("--rounds", type=int, default=3, help="timed calls of each, alternating ours, theirs")
+    parser.add_argument("--rounds", type=int, default=5, help="timed calls of each, alternating ours, theirs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.resolution % 2 ** (len(args.channel_mult) - 1):

@@ -116,14 +116,14 @@ class ResBlock(nn.Module):
             return x
         batch, channels, height, width = x.shape
         # qkv's output channels are interleaved (c0q, c0k, c0v, c1q, ...): the released weights' layout.
-        # softmax(q^T k / sqrt(C)) weighting v, written out in the (B, C, positions) layout: F.scaled_dot_product_attention
-        # on 3-D inputs takes its generic path (transposed copies, a masked softmax), 1.4-2x slower on a CPU
-        # (benchmarks/sampling_edm.py). Both q and k are scaled by C^(-1/4), as that path does, so the numbers are
-        # the same to the bit.
+        # softmax(q^T k / sqrt(C)) v, as F.scaled_dot_product_attention computes it for 3-D inputs (the same products
+        # in the same layouts, q and k each scaled by C^(-1/4)), so the numbers are the same to the bit, forward and
+        # backward; written out because SDPA adds transposed copies and a masked softmax around them, 1.4-2x the time
+        # of these three ops on a CPU (benchmarks/sampling_edm.py). Its fused kernels need 4-D inputs.
         q, k, v = self.qkv(self.norm2(x)).reshape(batch, channels, 3, height * width).unbind(2)
-        scale = channels ** -0.25
-        weights = torch.einsum("bci,bcj->bij", q * scale, k * scale).softmax(dim=2)
-        out = torch.einsum("bij,bcj->bci", weights, v)
+        scale = math.sqrt(1 / math.sqrt(channels))
+        weights = torch.bmm((q * scale).transpose(1, 2), k * scale).softmax(dim=2)   # (B, query, key)
+        out = torch.bmm(weights, v.transpose(1, 2)).transpose(1, 2)                  # (B, C, query)
         return (self.proj(out.reshape(x.shape)) + x) * SKIP_SCALE
 
 
