@@ -64,6 +64,12 @@ def settings(*sections):
     return resolve
 
 
+def pretrained_model(wildcards):
+    """The released model `diffusion.pretrained` names for this dataset (train_diffusion then imports it)."""
+    path = params_config.resolve(PARAMS, wildcards.dataset)["diffusion"]["pretrained"].get(wildcards.dataset)
+    return [path] if path else []
+
+
 def shard_files(directory, generator=None):
     """Every shard path of a generated set: the count follows from params (sample.num_images, oversampled
     for the generators and sizes shards.oversample says, as the stage computes it), so no checkpoint rule is needed."""

@@ -4,12 +4,6 @@
 # sample.num_images x sample.oversample / sample.shard_size (shard_files in common.smk).
 
 
-def pretrained_model(wildcards):
-    """The released model `diffusion.pretrained` names for this dataset (train_diffusion then imports it)."""
-    path = params_config.resolve(PARAMS, wildcards.dataset)["diffusion"]["pretrained"].get(wildcards.dataset)
-    return [path] if path else []
-
-
 rule train_diffusion:
     input:
         train="data/{dataset}/train.npz",
