@@ -14,6 +14,10 @@ from torch import nn
 
 
 def fp32_stem(conv: nn.Conv2d, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """conv((x - mean) / std) in float32 whatever autocast is in force (its output, fp32, feeds the bf16 rest)."""
+    """conv((x - mean) / std) in float32 whatever autocast is in force (its output, fp32, feeds the bf16 rest).
+
+    On a device autocast does not know (the meta device, where FLOPs are counted) there is nothing to turn off."""
+    if not torch.amp.is_autocast_available(x.device.type):
+        return conv((x.float() - mean) / std)
     with torch.autocast(x.device.type, enabled=False):
         return conv((x.float() - mean) / std)
