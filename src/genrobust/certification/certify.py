@@ -39,12 +39,17 @@ STATE_NAME = "state.pt"
 @torch.no_grad()
 def class_counts(model: nn.Module, x: torch.Tensor, sigma: float, num: int, batch_size: int,
                  generator: torch.Generator, num_classes: int) -> torch.Tensor:
-    """How often the base classifier returns each class on `num` copies of x + N(0, sigma^2 I) (kept on the device)."""
+    """How often the base classifier returns each class on `num` copies of x + N(0, sigma^2 I).
+
+    Counted on the device with index_add_: torch.bincount would wait for the GPU twice per batch (it reads the
+    largest class back to size its output), leaving it idle between batches.
+    """
     counts = torch.zeros(num_classes, dtype=torch.long, device=x.device)
     for start in range(0, num, batch_size):
         size = min(batch_size, num - start)
         noise = torch.randn((size, *x.shape), generator=generator, device=x.device) * sigma
-        counts += torch.bincount(model(x.unsqueeze(0) + noise).argmax(1), minlength=num_classes)
+        predicted = model(x.unsqueeze(0) + noise).argmax(1)
+        counts.index_add_(0, predicted, torch.ones_like(predicted))
     return counts
 
 
