@@ -3,12 +3,14 @@
 Generator `edm` with `diffusion.arch: ddpmpp` (the paper preset) is EDM's own network and recipe (`edm.py`,
 `ddpmpp.py`); with `arch: unet` it wraps denoising-diffusion-pytorch's classifier-free-guidance `Unet` (the smoke
 preset and the demo) under the package's `ElucidatedDiffusion`, which is unconditional and lacks a seedable
-sampler, so the subclass below adds exactly that. Generator `ddpm` is `ddpm.py`. Every model takes and returns images in [0, 1], shaped (B, 3, 32, 32). A model may work at a lower
-`diffusion.resolution` (digits are 8x8 at heart): it is trained on the images resized down to it and
-its samples are resized back up to 32 the way prepare_data resized the real images up.
+sampler, so the subclass below adds exactly that. Generator `ddpm` is `ddpm.py`. Every model takes and returns
+images in [0, 1], shaped (B, 3, 32, 32). A model may work at a lower `diffusion.resolution` (digits are 8x8 at
+heart): it is trained on the images resized down to it and its samples are resized back up to 32 the way
+prepare_data resized the real images up.
 
-`sample(classes, generator)` draws all of its noise from the given CPU `torch.Generator`
-(then moves it to the model's device), so a shard depends only on the weights and its seed.
+`sample(classes, generator)` draws all of its noise from the given CPU `torch.Generator` (then moves it to the
+model's device), so a shard depends only on the weights and its seed (and `sample.layout: seed_per_image` draws
+each image's latents from a generator of its own: `sample.py`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from .guidance import guided
 from .resize import IMAGE_SIZE, to_pipeline_size
 
 GENERATORS = ("edm", "ddpm")
-ARCHS = ("ddpmpp", "unet")
 CHANNELS = 3
 FORMAT = "genrobust-diffusion"
 
