@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from genrobust import io
 from genrobust.errors import UserError
 from genrobust.quality import edm_fid, inception, tf_inception
 
@@ -50,7 +51,7 @@ def test_the_network_sees_torch_fidelitys_tf1_resize_of_the_images(random_weight
 
 
 def test_weights_of_another_hash_are_refused_naming_the_file_and_both_hashes(random_weights) -> None:
-    digest = tf_inception.file_sha256(random_weights)
+    digest = io.sha256(random_weights)
     assert not digest.startswith(tf_inception.EXPECTED_SHA256_PREFIX)
     with pytest.raises(UserError) as refused:
         tf_inception.load_tf_inception(random_weights)

@@ -132,7 +132,7 @@ def test_both_fids_are_measured_with_local_weights_bypassing_the_hash_check(tmp_
     torch.manual_seed(0)
     weights = tmp_path / "pt_inception.pth"
     torch.save(inception.build_fid_inception().state_dict(), weights)   # the real architecture, random weights
-    digest = tf_inception.file_sha256(weights)
+    digest = io.sha256(weights)
     monkeypatch.setattr(tf_inception, "EXPECTED_SHA256_PREFIX", digest[:8])
     seen_dims = []
 

@@ -15,13 +15,13 @@ any other network of this shape (a random one included) gives a number that look
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from .. import io
 from ..errors import UserError
 from .inception import FEATURE_DIM, FID_WEIGHTS_FILE, FID_WEIGHTS_SHA256_PREFIX, FID_WEIGHTS_URL
 
@@ -30,19 +30,10 @@ EXTRACTOR_NAME = "inception-v3-compat"               # torch-fidelity's registry
 POOL3 = "2048"                                        # torch-fidelity's name for the pool3 features FID uses
 
 
-def file_sha256(path: Path) -> str:
-    """The file's sha256, read 1 MiB at a time (the weights are ~95 MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_weights(path: Path) -> str:
     """The file's sha256 when it starts with EXPECTED_SHA256_PREFIX; otherwise a one-line UserError
     naming the file and both hashes."""
-    digest = file_sha256(path)
+    digest = io.sha256(path)
     if not digest.startswith(EXPECTED_SHA256_PREFIX):
         raise UserError(f"{path}: sha256 {digest} does not start with {EXPECTED_SHA256_PREFIX}, the hash of "
                         f"{FID_WEIGHTS_FILE} ({FID_WEIGHTS_URL}); EDM-protocol FID needs exactly those TF-ported weights")
