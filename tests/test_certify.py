@@ -15,11 +15,11 @@ import pytest
 import torch
 from scipy.stats import binom, norm
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from genrobust.__main__ import main
 from genrobust.certification.bounds import certified_radius, lower_confidence_bound
 from genrobust.certification.certify import certify_point, class_counts
+from genrobust.host_syncs import HostSyncs
 from genrobust.models.checkpoint import build_classifier, save_classifier
 
 from .conftest import ENV, ROOT, write_images
@@ -143,27 +143,11 @@ def test_killed_certification_resumes_at_the_next_point_and_matches_an_unbroken_
     assert math.isclose(first["certify"]["samples_per_point"], 810)
 
 
-class _HostSyncs(TorchDispatchMode):
-    """Records the ops that make the host wait for a GPU: reading a value back, or sizing an output by the data."""
-
-    SYNCING = {"bincount", "_local_scalar_dense", "nonzero", "item", "unique", "_unique2"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.__name__.split(".")[0]
-        if name in self.SYNCING:
-            self.seen.append(name)
-        return func(*args, **(kwargs or {}))
-
-
 def test_counting_noisy_copies_never_waits_for_the_device() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).eval()
     x, generator = torch.rand(3, 4, 4), torch.Generator().manual_seed(1)
-    with _HostSyncs() as syncs:
+    with HostSyncs() as syncs:
         counts = class_counts(model, x, 0.5, 250, 100, generator, 5)
     assert syncs.seen == []
     noise = torch.randn((250, 3, 4, 4), generator=torch.Generator().manual_seed(1)) * 0.5

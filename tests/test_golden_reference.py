@@ -83,7 +83,7 @@ def _run(loss: str, threat: str) -> tuple[nn.Module, EMA, list[float], torch.Ten
         torch.manual_seed(100 + step)
         if loss == "trades" and THREATS[threat].norm == "L2":
             torch.empty(x.shape).uniform_()    # the reference draws (and drops) a Linf start before its L2 one
-        losses.append(train_step(model, model, optimizer, ema, x, y, step, recipe, STEPS_PER_EPOCH))
+        losses.append(float(train_step(model, model, optimizer, ema, x, y, step, recipe, STEPS_PER_EPOCH)))
     return model, ema, losses, inputs[len(inputs) // len(losses) - 1], recipe
 
 

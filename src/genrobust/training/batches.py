@@ -1,15 +1,18 @@
-"""Training batches: real images from RAM and generated ones from their shards, augmented and interleaved."""
+"""Training batches: real images from RAM and generated ones from their shards, augmented and interleaved.
+
+Batch t is a pure function of (seed, t): which images (`BatchMixer`), their order, their crops
+and mirrors. A data-parallel rank builds only its share (every W-th image of the global batch),
+reading only those images from the shards, with exactly the draws they get in the whole batch.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from ..data.transform import to_tensor
 from ..shards import ShardSet
-from .augment import crop_flip
+from .augment import crop_flip, crop_flip_draws
 from .mixing import BatchMixer
 
 
@@ -36,16 +39,22 @@ def interleave(n_real: int, n_generated: int) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
-def make_batch(data: TrainingData, mixer: BatchMixer, step: int, seed: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch `step`: every image, real or generated, cropped (pad 4) and flipped as in the reference."""
+def make_batch(data: TrainingData, mixer: BatchMixer, step: int, seed: int, rank: int = 0,
+               world: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Rank `rank`'s share of batch `step` as uint8 NHWC images and labels, cropped (pad 4) and flipped as in
+    the reference; with world 1, the whole batch."""
     real_idx, gen_idx = mixer.batch(step)
-    images, labels = [data.real_images[real_idx]], [data.real_labels[real_idx]]
-    if len(gen_idx):
-        generated, _ = data.generated.take(data.generated_index[gen_idx])
-        images.append(generated)
-        labels.append(data.generated_labels[gen_idx])
     order = interleave(len(real_idx), len(gen_idx))
-    batch = np.concatenate(images)[order]
-    augmented = crop_flip(batch, np.random.default_rng([seed, 2, step]), flip=data.flip)
-    return to_tensor(augmented, device), torch.from_numpy(np.concatenate(labels)[order]).to(device)
+    shifts, mirrored = crop_flip_draws(len(order), np.random.default_rng([seed, 2, step]))
+    mine = slice(rank, None, world)
+    picked = order[mine]                        # positions in [real | generated]
+    from_real = picked < len(real_idx)
+    images = np.empty((len(picked), *data.real_images.shape[1:]), np.uint8)
+    labels = np.empty(len(picked), np.int64)
+    images[from_real] = data.real_images[real_idx[picked[from_real]]]
+    labels[from_real] = data.real_labels[real_idx[picked[from_real]]]
+    if (~from_real).any():
+        chosen = gen_idx[picked[~from_real] - len(real_idx)]
+        images[~from_real] = data.generated.take(data.generated_index[chosen])[0]
+        labels[~from_real] = data.generated_labels[chosen]
+    return crop_flip(images, shifts[mine], mirrored[mine] & data.flip), labels

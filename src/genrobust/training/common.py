@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -10,7 +11,9 @@ import torch
 from torch import nn
 
 from .. import io
+from .. import distributed
 from ..distributed import device
+from ..errors import UserError
 from ..models.checkpoint import build_classifier
 
 
@@ -41,3 +44,19 @@ def speed_options(cfg: Mapping[str, Any]) -> dict[str, bool]:
     return {"bf16": cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and on_gpu),
             "channels_last": cfg["channels_last"] in (True, "auto"),
             "compile": cfg["compile"]}
+
+
+def loader_workers() -> int:
+    """Loader processes per training process: GENROBUST_LOADER_WORKERS, else 4 on a GPU (within the cores each
+    process has) and 0 on a CPU, where a worker would take a core from the step itself.
+
+    An environment setting, not a param: it changes how fast batches come, never which batches, so
+    changing it must not make Snakemake or DVC retrain.
+    """
+    value = os.environ.get("GENROBUST_LOADER_WORKERS", "auto")
+    if value == "auto":
+        cores = len(os.sched_getaffinity(0)) // distributed.world_size()
+        return min(4, max(cores - 1, 0)) if device().type == "cuda" else 0
+    if not value.isdigit():
+        raise UserError(f"GENROBUST_LOADER_WORKERS={value!r}: expected auto or a number of processes (0 or more)")
+    return int(value)

@@ -32,9 +32,10 @@ from ..attacks.threat import Threat
 from ..data.transform import to_tensor
 from ..errors import UserError
 from ..resume import StateFile
-from .batches import TrainingData, make_batch
+from .batches import TrainingData
 from .batchnorm import norm_layers, set_momentum
 from .ema import EMA
+from .loader import batches
 from .losses import pgd_at_loss, trades_loss
 from .mixing import BatchMixer
 from .schedule import cosine, one_cycle
@@ -140,29 +141,31 @@ def _loss(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor
     raise ValueError(f"unknown loss {recipe.loss!r}")
 
 
-def _step(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe) -> float:
+def _step(model: nn.Module, trained: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe,
+          ddp: DistributedDataParallel | None = None) -> torch.Tensor:
     """Forward and backward over the batch in `accumulation_steps` micro-batches; return the batch's mean loss.
 
     Each micro-batch's mean loss is weighted by its share of the batch, so the summed
-    gradient is the full batch's; DistributedDataParallel all-reduces only on the last one.
+    gradient is the full batch's; `ddp` (the wrapper inside `trained`, compiled or not)
+    all-reduces only on the last one. The loss stays on the device: reading it would wait for the GPU.
     """
     if recipe.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     pieces = list(zip(torch.tensor_split(x, recipe.accumulation_steps), torch.tensor_split(y, recipe.accumulation_steps)))
-    total = 0.0
+    total = torch.zeros((), device=x.device)
     for index, (xp, yp) in enumerate(pieces):
         last = index == len(pieces) - 1
-        sync = contextlib.nullcontext() if last or not isinstance(trained, DistributedDataParallel) else trained.no_sync()
-        with sync:
+        with contextlib.nullcontext() if last or ddp is None else ddp.no_sync():
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
                 loss = _loss(model, trained, xp, yp, recipe) * (len(xp) / len(x))
             loss.backward()
-        total += loss.item()
+        total += loss.detach()
     return total
 
 
 def train_step(model: nn.Module, trained: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
-               x: torch.Tensor, y: torch.Tensor, step: int, recipe: Recipe, steps_per_epoch: int) -> float:
+               x: torch.Tensor, y: torch.Tensor, step: int, recipe: Recipe, steps_per_epoch: int,
+               ddp: DistributedDataParallel | None = None) -> torch.Tensor:
     """One optimiser step (0-based `step`): schedule, batch-norm momentum, forward/backward, update, EMA."""
     lr, momentum = recipe.lr_momentum(step, steps_per_epoch)
     for group in optimizer.param_groups:
@@ -170,7 +173,7 @@ def train_step(model: nn.Module, trained: nn.Module, optimizer: torch.optim.Opti
     if recipe.bn_momentum is not None:
         set_momentum(model, 1.0 if step == 0 else recipe.bn_momentum)
     optimizer.zero_grad(set_to_none=True)
-    loss = _step(model, trained, x, y, recipe)
+    loss = _step(model, trained, x, y, recipe, ddp)
     optimizer.step()
     if ema is not None:
         ema.update(model)
@@ -183,8 +186,9 @@ def _describe(row: dict[str, Any]) -> str:
 
 def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe, work_dir: Path,
         log: Callable[[str], None] | None = None, validation: Validation | None = None,
-        restart: bool = False) -> FitResult:
-    """Train to recipe.total_steps, resuming from work_dir/state.pt (see `resume`) unless `restart`.
+        restart: bool = False, workers: int = 0) -> FitResult:
+    """Train to recipe.total_steps, resuming from work_dir/state.pt (see `resume`) unless `restart`;
+    `workers` loader processes build batches ahead (see `loader`).
 
     Under torchrun each of the W processes takes every W-th image of the same global batch and
     DistributedDataParallel averages the gradients, so the step equals the single-process one
@@ -199,10 +203,11 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
                         f"accumulation_steps = {recipe.accumulation_steps}")
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    trained = DistributedDataParallel(model) if world > 1 else model
-    # The attack (inside the loss) runs through `model`, the final forward through `trained`.
-    attacked = torch.compile(model) if recipe.compile else model
-    trained = torch.compile(trained) if recipe.compile else trained
+    ddp = DistributedDataParallel(model) if world > 1 else None
+    # The attack (inside the loss) runs through the first, the final forward through the second. Compiled, a step
+    # at batch-norm momentum 1 (the first) would add a second set of graphs for one step, so it runs eagerly.
+    eager = (model, ddp or model)
+    compiled = tuple(torch.compile(m) for m in eager) if recipe.compile else eager
     optimizer = make_optimizer(model, recipe)
     ema = EMA(model, recipe.ema_decay, recipe.warmup_fraction * recipe.total_steps) \
         if recipe.ema_decay is not None else None
@@ -224,25 +229,24 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
         log(f"resuming from {state_path} at step {step}/{recipe.total_steps}")
     bar.update(step)
     steps_per_epoch = recipe.epoch_steps or mixer.steps_per_epoch()
-    seen_loss, seen, started = 0.0, 0, time.perf_counter()
+    seen_loss, seen, started = torch.zeros((), device=device), 0, time.perf_counter()
     model.train()
-    while step < recipe.total_steps:
-        x, y = make_batch(data, mixer, step, recipe.seed, device)
-        x, y = x[rank::world], y[rank::world]
+    for x, y in batches(data, mixer, recipe.seed, range(step, recipe.total_steps), device, rank, world, workers,
+                        recipe.channels_last):
         torch.manual_seed(int(np.random.SeedSequence([recipe.seed, 3, step, rank]).generate_state(1)[0]))
-        loss = train_step(attacked, trained, optimizer, ema, x, y, step, recipe, steps_per_epoch)
+        attacked, trained = eager if step == 0 and recipe.bn_momentum is not None else compiled
+        loss = train_step(attacked, trained, optimizer, ema, x, y, step, recipe, steps_per_epoch, ddp)
         step += 1
         seen_loss += loss * len(x)
         seen += len(x)
         bar.update(1)
-        bar.set_postfix(loss=f"{seen_loss / seen:.4f}", img_s=f"{seen * world / (time.perf_counter() - started):.1f}",
-                        refresh=False)
         if step % steps_per_epoch == 0 or step == recipe.total_steps:
             averaged = ema.model if ema is not None else model
             epoch = math.ceil(step / steps_per_epoch)
             row = {"epoch": epoch, "step": step, "images_seen": step * mixer.batch_size,
-                   "loss": seen_loss / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+                   "loss": seen_loss.item() / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
                    "images_per_s": seen * world / (time.perf_counter() - started)}
+            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}", refresh=False)
             if validation is not None and main and (epoch % validation.every == 0 or step == recipe.total_steps):
                 figures, score = validation.measure(averaged.eval(), recipe)
                 row |= figures
@@ -255,7 +259,7 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
             state_file.save({"key": recipe.key(), "step": step, "model": model.state_dict(),
                              "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema else None,
                              "history": history, "best": best})
-            seen_loss, seen, started = 0.0, 0, time.perf_counter()
+            seen_loss, seen, started = torch.zeros((), device=device), 0, time.perf_counter()
     bar.close()
     last = (ema.model if ema is not None else model).eval()
     if best is None:

@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..models.checkpoint import save_classifier
 from ..provenance import StageClock, read_meta
 from ..shards import MANIFEST, ShardSet
-from .common import load_real, new_model, speed_options
+from .common import load_real, loader_workers, new_model, speed_options
 from .loop import Recipe, TrainingData, Validation, fit
 from .metrics import write_metrics
 from .mixing import BatchMixer
@@ -117,7 +117,8 @@ def train_on_mix(stage: str, settings: dict[str, Any], objective: dict[str, Any]
           f"{mixer.generated_per_batch} generated images ({len(data.real_images)} real and {n_generated} generated "
           f"available, {0 if validation is None else len(validation.labels)} held out), {describe}", flush=True)
     model = new_model(cfg["model"], num_classes, images, seed)
-    result = fit(model, data, mixer, recipe, work_dir, validation=validation, restart=restart)
+    result = fit(model, data, mixer, recipe, work_dir, validation=validation, restart=restart,
+                 workers=loader_workers())
     if not distributed.is_main():
         return
     meta = clock.meta(history=result.history, images_seen=recipe.total_steps * cfg["batch_size"],

@@ -8,7 +8,7 @@ from typing import Any
 from .. import distributed, io
 from ..models.checkpoint import save_classifier
 from ..provenance import StageClock, read_meta
-from .common import load_real, new_model, speed_options
+from .common import load_real, loader_workers, new_model, speed_options
 from .loop import Recipe, TrainingData, fit
 from .mixing import BatchMixer
 
@@ -25,7 +25,7 @@ def train_classifier(settings: dict[str, Any], train_path: Path, model_out: Path
                     **speed_options(cfg))
     clock.precision = "bf16" if recipe.bf16 else "fp32"
     result = fit(model, TrainingData(images, labels, flip=settings["dataset"].get("flip", False)), mixer, recipe, work_dir,
-                 restart=restart)
+                 restart=restart, workers=loader_workers())
     if distributed.is_main():
         save_classifier(model_out, result.last, cfg["model"], num_classes,
                         clock.meta(history=result.history, images_seen=recipe.total_steps * cfg["batch_size"]))
