@@ -7,6 +7,7 @@ from pathlib import Path
 from genrobust import code_deps
 from genrobust import config as params_config
 from genrobust import yaml12
+from genrobust import gpu_lease
 from genrobust import grids as grid_cells
 from genrobust.shards import shard_count
 from snakemake.exceptions import WorkflowError
@@ -98,9 +99,14 @@ def generated_args(wildcards, input):
 
 
 def launcher(wildcards, resources):
-    """`python`, or torchrun with one data-parallel process per GPU when a rule is given more than one."""
-    gpus = int(getattr(resources, "gpu", 0) or 0)
-    return f"torchrun --standalone --nproc_per_node={gpus}" if gpus > 1 else "python"
+    """`python`, or torchrun with one data-parallel process per GPU when a rule is given more than one; on a
+    machine with several GPUs, behind a lease of the job's own cards (genrobust/gpu_lease.py)."""
+    return gpu_lease.launcher(int(getattr(resources, "gpu", 0) or 0))
+
+
+def single_process(wildcards, resources):
+    """The launcher of a stage that runs as one process: `python`, behind a lease of its card on a multi-GPU machine."""
+    return gpu_lease.launcher(int(getattr(resources, "gpu", 0) or 0), data_parallel=False)
 
 
 # Grid cells (workflow/rules/grids.smk): looked up by name from their output paths.

@@ -7,6 +7,7 @@ rule evaluate:
         result="results/{dataset}_{threat}.json",
         info="results/{dataset}_{threat}.model_info.json",
     params:
+        launcher=single_process,
         overrides=overrides("evaluate", "threats"),
         settings=settings("evaluate"),
     conda:
@@ -21,7 +22,7 @@ rule evaluate:
         mem_mb=8000,
         runtime=720,
     shell:
-        "python -m genrobust evaluate --dataset {wildcards.dataset} --threat {wildcards.threat} --checkpoint {input.model} "
+        "{params.launcher} -m genrobust evaluate --dataset {wildcards.dataset} --threat {wildcards.threat} --checkpoint {input.model} "
         "--test {input.test} --out {output.result} --model-info {output.info} {params.overrides} > {log} 2>&1"
 
 
@@ -33,6 +34,7 @@ rule certify:
     output:
         result="results/{dataset}_smooth{sigma}.json",
     params:
+        launcher=single_process,
         overrides=overrides("certify"),
         settings=settings("certify"),
         work="work/{dataset}/certify/smooth{sigma}",
@@ -48,5 +50,5 @@ rule certify:
         mem_mb=8000,
         runtime=1440,
     shell:
-        "python -m genrobust certify --dataset {wildcards.dataset} --sigma {wildcards.sigma} --checkpoint {input.model} "
+        "{params.launcher} -m genrobust certify --dataset {wildcards.dataset} --sigma {wildcards.sigma} --checkpoint {input.model} "
         "--test {input.test} --out {output.result} --work {params.work} {params.overrides} > {log} 2>&1"

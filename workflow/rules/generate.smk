@@ -39,6 +39,7 @@ rule sample_diffusion_shard:
     output:
         shard="data/{dataset}/generated/{diffusion}/shards/shard-{shard}.npz",
     params:
+        launcher=single_process,
         overrides=overrides("sample", "diffusion"),
         settings=settings("sample"),
         out=lambda w, output: os.path.dirname(output.shard),
@@ -54,7 +55,7 @@ rule sample_diffusion_shard:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m genrobust sample_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
+        "{params.launcher} -m genrobust sample_diffusion --dataset {wildcards.dataset} --generator {wildcards.diffusion} "
         "--model {input.model} --out {params.out} --shard {wildcards.shard} {params.overrides} > {log} 2>&1"
 
 

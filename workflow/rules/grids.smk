@@ -49,6 +49,7 @@ rule evaluate_cell:
         result="results/grid/{grid}/{cell}.json",
         info="results/grid/{grid}/{cell}.model_info.json",
     params:
+        launcher=single_process,
         overrides=overrides("evaluate", "threats"),
         settings=cell_settings("evaluate"),
         dataset=lambda w: cell_of(w).dataset,
@@ -65,7 +66,7 @@ rule evaluate_cell:
         mem_mb=8000,
         runtime=720,
     shell:
-        "python -m genrobust evaluate --dataset {params.dataset} --threat {params.threat} --checkpoint {input.model} "
+        "{params.launcher} -m genrobust evaluate --dataset {params.dataset} --threat {params.threat} --checkpoint {input.model} "
         "--test {input.test} --out {output.result} --model-info {output.info} {params.overrides} > {log} 2>&1"
 
 
@@ -111,6 +112,7 @@ rule certify_cell:
     output:
         result="results/grid/{grid}/{cell}.json",
     params:
+        launcher=single_process,
         overrides=overrides("certify"),
         settings=cell_settings("certify"),
         dataset=lambda w: cell_of(w).dataset,
@@ -128,7 +130,7 @@ rule certify_cell:
         mem_mb=8000,
         runtime=1440,
     shell:
-        "python -m genrobust certify --dataset {params.dataset} --sigma {params.sigma} --checkpoint {input.model} "
+        "{params.launcher} -m genrobust certify --dataset {params.dataset} --sigma {params.sigma} --checkpoint {input.model} "
         "--test {input.test} --out {output.result} --work {params.work} {params.overrides} > {log} 2>&1"
 
 

@@ -13,6 +13,7 @@ rule quality:
         quality="data/{dataset}/generated/{generator}/quality.json",
         discriminator="data/{dataset}/generated/{generator}/discriminator.pt",
     params:
+        launcher=single_process,
         overrides=overrides("quality"),
         settings=settings("quality"),
         shards=lambda w, input: os.path.dirname(input.manifest),
@@ -28,6 +29,6 @@ rule quality:
         mem_mb=16000,
         runtime=240,
     shell:
-        "python -m genrobust quality --dataset {wildcards.dataset} --shards {params.shards} --train {input.train} "
+        "{params.launcher} -m genrobust quality --dataset {wildcards.dataset} --shards {params.shards} --train {input.train} "
         "--classifier {input.classifier} --out {output.quality} --discriminator {output.discriminator} "
         "{params.overrides} > {log} 2>&1"

@@ -38,6 +38,7 @@ rule pseudo_label:
     output:
         labels="data/{dataset}/generated/{generator}/labels.npz",
     params:
+        launcher=single_process,
         overrides=overrides("pseudo_label", "sample", "generator"),
         settings=settings("pseudo_label", "sample"),   # sample: whether the set is filtered
         shards=lambda w, input: os.path.dirname(input.manifest),
@@ -53,7 +54,7 @@ rule pseudo_label:
         mem_mb=8000,
         runtime=120,
     shell:
-        "python -m genrobust pseudo_label --dataset {wildcards.dataset} --classifier {input.classifier} "
+        "{params.launcher} -m genrobust pseudo_label --dataset {wildcards.dataset} --classifier {input.classifier} "
         "--shards {params.shards} --quality {input.quality} --discriminator {input.discriminator} "
         "--out {output.labels} {params.overrides} > {log} 2>&1"
 
