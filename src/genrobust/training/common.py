@@ -60,3 +60,8 @@ def loader_workers() -> int:
     if not value.isdigit():
         raise UserError(f"GENROBUST_LOADER_WORKERS={value!r}: expected auto or a number of processes (0 or more)")
     return int(value)
+
+
+def device_memory() -> int | None:
+    """Bytes of this process's GPU, or None on a CPU (nothing to plan for)."""
+    return torch.cuda.get_device_properties(device()).total_memory if device().type == "cuda" else None

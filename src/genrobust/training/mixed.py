@@ -16,7 +16,8 @@ from ..errors import UserError
 from ..models.checkpoint import save_classifier
 from ..provenance import StageClock, read_meta
 from ..shards import MANIFEST, ShardSet
-from .common import load_real, loader_workers, new_model, speed_options
+from .common import device_memory, load_real, loader_workers, new_model, speed_options
+from .memory import accumulation_for, model_name, step_memory
 from .loop import Recipe, TrainingData, Validation, fit
 from .metrics import write_metrics
 from .mixing import BatchMixer
@@ -107,15 +108,21 @@ def train_on_mix(stage: str, settings: dict[str, Any], objective: dict[str, Any]
     mixer = BatchMixer(len(data.real_images), n_generated, cfg["batch_size"], cfg["generated_fraction"], seed,
                        replacement=cfg["generated_replacement"])
     epoch_steps = math.ceil((cfg["epoch_images"] or len(images)) / cfg["batch_size"])
+    speed = speed_options(cfg)
+    accumulation, planned = accumulation_for(step_memory(cfg["model"], num_classes, objective["loss"], speed["bf16"]),
+                                             cfg["batch_size"] // distributed.world_size(), cfg["accumulation_steps"],
+                                             device_memory(), f"{stage}: {model_name(cfg['model'])}")
     recipe = Recipe(total_steps=cfg["epochs"] * epoch_steps, lr=cfg["lr"], momentum=cfg["momentum"],
                     nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"],
                     warmup_fraction=cfg["warmup_fraction"], ema_decay=cfg["ema_decay"], seed=seed,
-                    epoch_steps=epoch_steps, accumulation_steps=cfg["accumulation_steps"], schedule=cfg["schedule"],
-                    bn_momentum=cfg["bn_momentum"], **objective, **speed_options(cfg))
+                    epoch_steps=epoch_steps, accumulation_steps=accumulation, schedule=cfg["schedule"],
+                    bn_momentum=cfg["bn_momentum"], **objective, **speed)
     clock.precision = "bf16" if recipe.bf16 else "fp32"
     print(f"{stage}: {cfg['epochs']} epochs of {epoch_steps} steps of {mixer.real_per_batch} real + "
           f"{mixer.generated_per_batch} generated images ({len(data.real_images)} real and {n_generated} generated "
           f"available, {0 if validation is None else len(validation.labels)} held out), {describe}", flush=True)
+    if planned:
+        print(planned, flush=True)
     model = new_model(cfg["model"], num_classes, images, seed)
     result = fit(model, data, mixer, recipe, work_dir, validation=validation, restart=restart,
                  workers=loader_workers())
