@@ -14,6 +14,7 @@ from torch import nn
 
 from genrobust.training.loop import Recipe, TrainingData, fit
 from genrobust.training.mixing import BatchMixer
+from genrobust.training.validation import Validation
 
 from .conftest import LINF, write_images
 
@@ -38,8 +39,13 @@ RECIPE = Recipe("trades", 12, 0.05, 0.9, True, 5e-4, 0.1, 0.9, 0, LINF, 2, 5.0)
 
 
 def _train(work: Path) -> dict[str, torch.Tensor]:
-    model = fit(_model(), _data(), BatchMixer(48, 0, 16, 0.0, seed=0), RECIPE, work, log=lambda _: None).last
-    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+    """The last weights, and the held-out figures of every epoch (each process attacks its share of 11 images)."""
+    data = _data()
+    held_out = Validation(data.real_images[:11], data.real_labels[:11], every=1, attack_steps=2)
+    result = fit(_model(), data, BatchMixer(48, 0, 16, 0.0, seed=0), RECIPE, work, log=lambda _: None,
+                 validation=held_out)
+    return {**{key: value.detach().clone() for key, value in result.last.state_dict().items()},
+            "history": [{k: v for k, v in row.items() if k.startswith("val_")} for row in result.history]}
 
 
 def _worker(rank: int, world: int, store: str, out: str) -> None:
@@ -56,6 +62,9 @@ def check_ranks_match_one(tmp_path: Path) -> None:
     tests/test_slurm.py checks the same for two SLURM tasks."""
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     single = _train(tmp_path / "single")
+    assert rank0.pop("history") == rank1.pop("history")         # both ranks hold the summed counts
+    held_out = single.pop("history")
+    assert len(held_out) == 4 and all(0 <= row["val_robust_accuracy"] <= row["val_clean_accuracy"] for row in held_out)
     for name, value in single.items():
         assert torch.equal(rank0[name], rank1[name]), name
         assert torch.allclose(rank0[name], value, atol=TOLERANCE), name

@@ -219,3 +219,23 @@ def test_a_recipe_key_is_the_one_older_states_were_saved_under() -> None:
     """The certified path added Recipe fields; at their defaults they stay out of the key, so a state saved by
     4fb9ca0 (before them) still resumes instead of being set aside as another run's."""
     assert RECIPE.key() == "517045fb0adb313e"
+
+
+def test_a_background_save_writes_the_state_as_it_was_when_asked(tmp_path: Path) -> None:
+    """Training goes on (and changes the weights) during the write: the file holds the snapshot, and a failed
+    write surfaces at the next save."""
+    from genrobust.resume import StateFile
+    state_file = StateFile(tmp_path / "state.pt", ("step", "model"))
+    weights = torch.zeros(1000)
+    state_file.save_in_background({"step": 1, "model": {"w": weights}, "history": [{"epoch": 1}]})
+    weights += 1                                     # the next step, while the thread may still be writing
+    state_file.save_in_background({"step": 2, "model": {"w": weights}})
+    state_file.wait()
+    assert _step(tmp_path / "state.pt") == 2 and _step(tmp_path / "state.pt.prev") == 1
+    assert torch.equal(torch.load(tmp_path / "state.pt.prev")["model"]["w"], torch.zeros(1000))
+    (tmp_path / "blocked" / "state.pt" / "in-the-way").mkdir(parents=True)   # a folder where the file must go
+    blocked = StateFile(tmp_path / "blocked" / "state.pt", ("step",))
+    blocked.save_in_background({"step": 3})
+    with pytest.raises(UserError, match="blocked/state.pt: could not write"):
+        blocked.wait()
+    blocked.wait()                                   # raised once

@@ -14,7 +14,8 @@ from genrobust.attacks.pgd import pgd, project
 from genrobust.attacks.threat import Threat
 from genrobust.training.ema import EMA
 from genrobust.training.losses import pgd_at_loss, trades_loss
-from genrobust.training.loop import Recipe, TrainingData, Validation, fit
+from genrobust.training.loop import Recipe, TrainingData, fit
+from genrobust.training.validation import Validation
 from genrobust.training.mixing import BatchMixer
 
 from .conftest import LINF
@@ -181,8 +182,8 @@ def test_validation_keeps_the_epoch_with_the_best_held_out_robust_accuracy(tmp_p
     scores = [row["val_robust_accuracy"] for row in result.history]
     assert len(scores) == 6 and all(0 <= s <= row["val_clean_accuracy"] for s, row in zip(scores, result.history))
     assert result.best_epoch == 1 + scores.index(max(scores))
-    assert held_out.measure(result.best, recipe)[1] == max(scores)
-    assert held_out.measure(result.last, recipe)[1] == scores[-1]
+    assert held_out.measure(result.best, recipe.threat, recipe.sigma, recipe.seed)[1] == max(scores)
+    assert held_out.measure(result.last, recipe.threat, recipe.sigma, recipe.seed)[1] == scores[-1]
 
 
 def test_speed_options_follow_the_device(monkeypatch) -> None:

@@ -25,6 +25,14 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def summed(value: torch.Tensor) -> torch.Tensor:
+    """`value` summed over the processes (itself in a plain run): counts that each process made on its share."""
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
 def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

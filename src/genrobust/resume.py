@@ -29,10 +29,12 @@ after a fallback overwrites it rather than keeping it as `.prev`, so the good pr
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Collection
 
 import torch
+from torch.utils._pytree import tree_map
 
 from . import distributed, io
 from .errors import UserError
@@ -50,6 +52,8 @@ class StateFile:
         self.keys = frozenset(keys)
         self.weights_only = weights_only
         self._current_is_good = False   # only a file we loaded or wrote may become `.prev`
+        self._writer: threading.Thread | None = None
+        self._failure: BaseException | None = None
 
     def load(self, check: Callable[[dict[str, Any]], str | None], log: Log,
              restart: bool = False) -> tuple[Path, dict[str, Any]] | None:
@@ -87,6 +91,35 @@ class StateFile:
             raise UserError(f"no usable resume state ({'; '.join(passed_over)}). To train again from step 0 on "
                             f"purpose, rerun with --restart (or delete {self.path} and {self.previous})")
         return None
+
+    def save_in_background(self, state: dict[str, Any]) -> None:
+        """Copy `state` to host memory now and write it from a thread while training goes on (first process only).
+
+        A paper-scale state is gigabytes: written in line, every other GPU would wait in its next
+        all-reduce. The write is the same atomic one, so a kill during it leaves the previous
+        state in place; the next save, or `wait`, waits for it and raises what it raised.
+        """
+        if not distributed.is_main():
+            return
+        self.wait()
+        snapshot = tree_map(lambda v: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v, state)
+        self._writer = threading.Thread(target=self._write, args=(snapshot,), name=f"save {self.path.name}")
+        self._writer.start()
+
+    def wait(self) -> None:
+        """Block until a background save has landed; raise its error, if it failed."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def _write(self, state: dict[str, Any]) -> None:
+        try:
+            self.save(state)
+        except BaseException as error:      # re-raised in the training thread by `wait`
+            self._failure = error
 
     def save(self, state: dict[str, Any]) -> None:
         """Write `state` atomically, keeping the good state it replaces as `.prev` (first process only)."""

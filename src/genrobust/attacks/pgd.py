@@ -71,13 +71,19 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 @torch.no_grad()
-def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, steps: int,
-                    batch_size: int = 256) -> float:
-    """PGD accuracy of a model in eval mode, batched."""
-    correct = 0
+def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, steps: int,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Per point, whether the model (in eval mode) still classifies its PGD example right; kept on the device."""
+    verdicts = []
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         with torch.enable_grad():
             adv = pgd(model, xb, yb, threat, steps)
-        correct += int((model(adv).argmax(1) == yb).sum())
-    return correct / max(len(x), 1)
+        verdicts.append(model(adv).argmax(1) == yb)
+    return torch.cat(verdicts) if verdicts else torch.zeros(0, dtype=torch.bool, device=x.device)
+
+
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threat, steps: int,
+                    batch_size: int = 256) -> float:
+    """PGD accuracy of a model in eval mode, batched."""
+    return int(robust_correct(model, x, y, threat, steps, batch_size).sum()) / max(len(x), 1)

@@ -27,9 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import distributed
-from ..attacks.pgd import accuracy, robust_accuracy
 from ..attacks.threat import Threat
-from ..data.transform import to_tensor
 from ..errors import UserError
 from ..resume import StateFile
 from .batches import TrainingData
@@ -39,6 +37,7 @@ from .loader import batches
 from .losses import pgd_at_loss, trades_loss
 from .mixing import BatchMixer
 from .schedule import cosine, one_cycle
+from .validation import Validation
 
 STATE_NAME = "state.pt"
 STATE_KEYS = ("key", "step", "model", "optimizer", "ema", "history", "best")
@@ -84,30 +83,6 @@ class Recipe:
         if self.schedule == "step":
             return self.lr * self.lr_gamma ** (step // steps_per_epoch // self.lr_step_epochs), self.momentum
         return cosine(step, self.total_steps, self.lr, self.warmup_fraction), self.momentum
-
-
-@dataclass
-class Validation:
-    """Held-out real images on which the averaged model is attacked every few epochs to pick the best one."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    every: int
-    attack_steps: int
-    batch_size: int = 256
-
-    def measure(self, model: nn.Module, recipe: Recipe) -> tuple[dict[str, float], float]:
-        """The row's figures, and the score that picks the best epoch: PGD accuracy, or under the
-        gaussian loss the accuracy on noisy copies (what the smoothed classifier's vote counts)."""
-        device = next(model.parameters()).device
-        x, y = to_tensor(self.images, device), torch.from_numpy(self.labels).to(device)
-        clean = accuracy(model, x, y, self.batch_size)
-        torch.manual_seed(recipe.seed)      # the same random starts (or noise) at every validation
-        if recipe.threat is None:
-            noisy = accuracy(model, x + recipe.sigma * torch.randn_like(x), y, self.batch_size)
-            return {"val_clean_accuracy": clean, "val_noisy_accuracy": noisy}, noisy
-        robust = robust_accuracy(model, x, y, recipe.threat, self.attack_steps, self.batch_size)
-        return {"val_clean_accuracy": clean, "val_robust_accuracy": robust}, robust
 
 
 @dataclass
@@ -247,22 +222,22 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
                    "loss": seen_loss.item() / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
                    "images_per_s": seen * world / (time.perf_counter() - started)}
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}", refresh=False)
-            if validation is not None and main and (epoch % validation.every == 0 or step == recipe.total_steps):
-                figures, score = validation.measure(averaged.eval(), recipe)
+            if validation is not None and (epoch % validation.every == 0 or step == recipe.total_steps):
+                figures, score = validation.measure(averaged.eval(), recipe.threat, recipe.sigma, recipe.seed)
                 row |= figures
                 if best is None or score > best["score"]:
-                    best = {"epoch": epoch, "score": score,
-                            "model": copy.deepcopy(averaged.state_dict())}
+                    best = {"epoch": epoch, "score": score, "model": copy.deepcopy(averaged.state_dict()) if main else None}
             model.train()
             history.append(row)
             log(_describe(row))
-            state_file.save({"key": recipe.key(), "step": step, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema else None,
-                             "history": history, "best": best})
+            state_file.save_in_background({"key": recipe.key(), "step": step, "model": model.state_dict(),
+                                           "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema else None,
+                                           "history": history, "best": best})
             seen_loss, seen, started = torch.zeros((), device=device), 0, time.perf_counter()
+    state_file.wait()
     bar.close()
     last = (ema.model if ema is not None else model).eval()
-    if best is None:
+    if best is None or best["model"] is None:     # the other processes of a data-parallel run keep no copy
         return FitResult(last, None, history)
     best_model = copy.deepcopy(last)
     best_model.load_state_dict(best["model"])

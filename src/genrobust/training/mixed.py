@@ -18,7 +18,8 @@ from ..provenance import StageClock, read_meta
 from ..shards import MANIFEST, ShardSet
 from .common import device_memory, load_real, loader_workers, new_model, speed_options
 from .memory import accumulation_for, model_name, step_memory
-from .loop import Recipe, TrainingData, Validation, fit
+from .loop import Recipe, TrainingData, fit
+from .validation import Validation
 from .metrics import write_metrics
 from .mixing import BatchMixer
 
