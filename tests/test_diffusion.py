@@ -27,7 +27,7 @@ from genrobust.diffusion.model import build_model, model_config
 from genrobust.diffusion.batches import Options, draw_batch, options
 from genrobust.diffusion.train import CKPT_NAME
 from genrobust.errors import UserError
-from genrobust.provenance import meta_array
+from genrobust.provenance import meta_array, read_meta
 
 from .conftest import ENV, ROOT, write_images
 
@@ -162,6 +162,24 @@ def test_shards_of_another_seed_are_regenerated(tmp_path, settings, train_npz) -
     old = _images(out, 0)
     sample_diffusion(dict(settings, seed=1), "edm", model, out, shards=[0])
     assert not np.array_equal(_images(out, 0), old)
+
+
+def test_bf16_shards_repeat_bit_for_bit_and_are_not_taken_for_fp32_ones(tmp_path, settings, train_npz) -> None:
+    """The network under bf16 autocast rounds otherwise than fp32: its shards say so, and each precision's shard
+    is the same bytes every time (an fp32 shard is redone, not kept, when bf16 is asked for)."""
+    model = _train(settings, "edm", train_npz, tmp_path)
+    bf16 = copy.deepcopy(settings)
+    bf16["sample"]["precision"] = "bf16"
+    for name in ("a", "b"):
+        sample_diffusion(bf16, "edm", model, tmp_path / name, shards=[0])
+    assert np.array_equal(_images(tmp_path / "a", 0), _images(tmp_path / "b", 0))
+    meta = read_meta(io.open_npz(tmp_path / "a" / shards.shard_name(0)))
+    assert meta["precision"] == "bf16" and "compile" not in meta
+    sample_diffusion(settings, "edm", model, tmp_path / "fp32", shards=[0])
+    assert "precision" not in read_meta(io.open_npz(tmp_path / "fp32" / shards.shard_name(0)))
+    assert not np.array_equal(_images(tmp_path / "fp32", 0), _images(tmp_path / "a", 0))
+    sample_diffusion(bf16, "edm", model, tmp_path / "fp32", shards=[0])      # the fp32 shard is not a bf16 one
+    assert np.array_equal(_images(tmp_path / "fp32", 0), _images(tmp_path / "a", 0))
 
 
 def test_bad_model_files_and_shard_indices_are_user_errors(tmp_path, settings, train_npz) -> None:
