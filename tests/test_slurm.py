@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +27,7 @@ SLURM = ["snakemake", "--profile", "workflow/profiles/slurm", "--profile", str(O
 LOCAL = ["snakemake", "--cores", "2", TARGET, "--set-resources", "adv_train:gpu=2", "--resources", "gpu=2"]
 RULES = {"prepare_data", "train_diffusion", "sample_diffusion_shard", "sample_diffusion", "train_classifier",
          "quality", "pseudo_label", "adv_train", "evaluate"}
+GROUPED = "shards_sample_diffusion_shard"        # the plugin's name for the group job of the profile's `shards`
 DOWN = Path("/var/lib/genrobust-slurm/down")     # .ci/slurm-up's reason, when it could not start the cluster
 # Timings and provenance, which no two runs share; everything else in the result must be equal.
 VOLATILE = {"stage_wall_time_s", "hashes", "seconds", "images_per_s", "package_versions", "created", "host"}
@@ -91,18 +93,24 @@ def cluster_run(tmp_path_factory) -> dict:
     return {"cluster": cluster, "local": local, "log": log, "jobs": jobs_of(run_id), "wall": wall}
 
 
-def test_every_rule_runs_as_its_own_slurm_job(cluster_run: dict) -> None:
+def test_every_rule_runs_as_its_own_slurm_job_and_shards_as_one_group(cluster_run: dict) -> None:
+    """The profile's `group-components`: the two sample shards share one SLURM job (rule `shards_...`)."""
     jobs = cluster_run["jobs"]
     print(f"SLURM ran {len(jobs)} jobs in {cluster_run['wall']:.0f} s")
-    assert {job["rule"] for job in jobs.values()} == RULES
-    assert len(jobs) == len(RULES) + 1                  # two sample shards
+    assert {job["rule"] for job in jobs.values()} == RULES - {"sample_diffusion_shard"} | {GROUPED}
+    assert len(jobs) == len(RULES)                      # two sample shards, one job
     assert {job["state"] for job in jobs.values()} == {"COMPLETED"}, jobs
     logs = cluster_run["cluster"] / ".snakemake" / "slurm_logs"
     for job_id, job in jobs.items():                    # the plugin's log of each job: rule_<rule>/<wildcards>/<id>.log
-        assert list(logs.glob(f"rule_{job['rule']}/*/{job_id}.log")), (job_id, job)
-    shards = sorted((job["start"], job["end"]) for job in jobs.values() if job["rule"] == "sample_diffusion_shard")
-    # Two shards at once: the node has 2 CPUs and each shard job asks for one.
-    assert len(shards) == 2 and shards[1][0] < shards[0][1], shards
+        assert list(logs.glob(f"rule_{job['rule']}/*/{job_id}.log")) or \
+            list(logs.glob(f"group_{job['rule']}/{job_id}.log")), (job_id, job)
+    grouped, = [job_id for job_id, job in jobs.items() if job["rule"] == GROUPED]
+    log = next(logs.glob(f"group_{GROUPED}/{grouped}.log")).read_text()
+    assert all(f"shard-0000{k}.npz" in log for k in (0, 1)), log[-2000:]
+    for k in (0, 1):                                    # grouped or not, the same bytes
+        shard = f"data/digits/generated/edm/shards/shard-0000{k}.npz"
+        ours, theirs = (np.load(root / shard)["image"] for root in (cluster_run["cluster"], cluster_run["local"]))
+        assert np.array_equal(ours, theirs), shard
 
 
 def test_the_result_is_the_local_runs_and_a_rerun_plans_nothing(cluster_run: dict) -> None:
