@@ -36,10 +36,11 @@ def parse_dry_run(output: str) -> dict[str, list[dict]]:
     jobs: dict[str, list[dict]] = {}
     job: dict = {}
     for line in output.splitlines():
+        line = line.strip()                 # a grouped job (the SLURM profile's shards) is indented in its group
         if match := re.match(r"rule (\w+):$", line):
             job = {"input": [], "output": []}
             jobs.setdefault(match.group(1), []).append(job)
-        elif match := re.match(r"    (input|output): (.*)$", line):
+        elif match := re.match(r"(input|output): (.*)$", line):
             job[match.group(1)] = match.group(2).split(", ")
         elif line.startswith("Shell command: "):
             job["shell"] = line.removeprefix("Shell command: ")
