@@ -13,6 +13,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from adv_train import measure
+
 from genrobust.attacks.threat import Threat
 from genrobust.host_syncs import HostSyncs
 from genrobust.models.checkpoint import build_classifier
@@ -58,16 +60,8 @@ def _wrn(scale: Scale, depth: int | None = None, width: int | None = None) -> to
 
 
 def _timed(work: Callable[[], Any], device: torch.device, iters: int) -> float:
-    """Seconds per call after one warm-up call."""
-    work()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(iters):
-        work()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / iters
+    """Seconds per call after one warm-up call (benchmarks/adv_train.py's timing)."""
+    return measure(work, 1, iters, device)
 
 
 def _recipe(bf16: bool, steps: int = 10, total: int = 1000, **extra: Any) -> Recipe:
