@@ -109,6 +109,25 @@ def test_bad_sigma_or_sample_counts_are_refused_naming_them(model_and_test, tmp_
     assert not out.exists()
 
 
+def test_a_rerun_asked_for_fewer_points_reports_those_and_other_batches_start_again(model_and_test, tmp_path,
+                                                                                    capsys) -> None:
+    """Issue 23 item 5: the saved rows of 6 points, rerun for 3, gave 6 (and base accuracy on other points)."""
+    checkpoint, test = model_and_test
+    base = ("presets.smoke.certify.n=200", "presets.smoke.certify.batch_size=100")
+    work, out = tmp_path / "work", tmp_path / "r.json"
+    assert main(_argv(checkpoint, test, out, work, "0.25", *base, "presets.smoke.certify.n_examples=6")) == 0
+    assert main(_argv(checkpoint, test, out, work, "0.25", *base, "presets.smoke.certify.n_examples=3")) == 0
+    fewer = json.loads(out.read_text())
+    assert fewer["n_examples"] == 3 and len(fewer["points"]) == 3
+    assert "3 of 3 points already certified" in capsys.readouterr().out
+    fresh = tmp_path / "fresh.json"
+    assert main(_argv(checkpoint, test, fresh, tmp_path / "w2", "0.25", *base, "presets.smoke.certify.n_examples=3")) == 0
+    assert json.loads(fresh.read_text())["base_clean_accuracy"] == fewer["base_clean_accuracy"]
+    assert main(_argv(checkpoint, test, out, work, "0.25", "presets.smoke.certify.n=200",
+                      "presets.smoke.certify.batch_size=50", "presets.smoke.certify.n_examples=3")) == 0
+    assert "already certified" not in capsys.readouterr().out       # other batches, other draws: certified anew
+
+
 def _rows(state: Path) -> int:
     try:
         return len(torch.load(state, weights_only=True)["rows"])

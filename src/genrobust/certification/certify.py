@@ -75,9 +75,11 @@ def chosen_points(cfg: dict[str, Any], available: int, test_path: Path) -> np.nd
 
 
 def _key(checkpoint: Path, test_path: Path, sigma: float, cfg: dict[str, Any], seed: int) -> str:
-    """What the saved rows depend on: a change to any of it makes them another run's."""
+    """What each saved row depends on: a change to any of it makes them another run's. `batch_size` is in it (the
+    noise is drawn a batch at a time); `n_examples` is not: the points are a prefix of every skip-th one, so a run
+    asked for fewer keeps the first rows and one asked for more goes on from them."""
     inputs = {"checkpoint": io.sha256(checkpoint), "test": io.sha256(test_path), "sigma": sigma, "seed": seed,
-              **{k: cfg[k] for k in ("n0", "n", "alpha", "skip")}}
+              **{k: cfg[k] for k in ("n0", "n", "alpha", "skip", "batch_size")}}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -98,7 +100,7 @@ def certify(settings: dict[str, Any], sigma: float, checkpoint: Path, test_path:
     state_file = StateFile(Path(work_dir) / STATE_NAME, ("key", "rows"))
     resumed = state_file.load(lambda s: None if s["key"] == key else "made for another model, test set or params",
                               print, restart)
-    rows: list[dict[str, Any]] = resumed[1]["rows"] if resumed else []
+    rows: list[dict[str, Any]] = resumed[1]["rows"][:len(indices)] if resumed else []
     if rows:
         print(f"certify: resuming from {resumed[0]}: {len(rows)} of {len(indices)} points already certified")
     started = time.perf_counter()
