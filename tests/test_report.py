@@ -199,3 +199,39 @@ def test_a_broken_result_is_named(tmp_path: Path) -> None:
     (tmp_path / "digits_linf.json").write_text(json.dumps(unknown))
     with pytest.raises(UserError, match=r"digits_linf.json: unknown training loss 'mart'"):
         collect(tmp_path)
+
+
+def test_the_paired_bootstrap_matches_a_case_counted_by_hand() -> None:
+    """One seed, three points, the arm right where real-only is wrong on one of them: a resample's mean is k/3 with
+    k ~ Bin(3, 1/3), so P(0) = 8/27 (above 2.5%) and P(k <= 2) = 26/27 (below 97.5%): the interval is [0, 1]."""
+    from genrobust.report.paired import paired_difference
+    mean, low, high = paired_difference(np.array([[0, 1, 1]]), np.array([[1, 1, 1]]), replicates=20000)
+    assert (mean, low, high) == (pytest.approx(1 / 3), 0.0, 1.0)
+    # Two seeds that disagree point by point: the same mean, and the pairing keeps the interval inside [-1, 1].
+    mean, low, high = paired_difference(np.array([[0, 1], [1, 1]]), np.array([[1, 1], [1, 0]]), replicates=4000)
+    assert mean == 0.0 and -1.0 <= low < 0 < high <= 1.0
+    constant = paired_difference(np.zeros((3, 50)), np.ones((3, 50)))
+    assert constant == (1.0, 1.0, 1.0)                      # every resample sees the same difference
+
+
+def test_the_report_compares_each_arm_with_real_data_alone_point_by_point(tmp_path: Path) -> None:
+    """Three seeds of none and edm on the same 64 points: edm right on 8 more of them in every seed."""
+    results = tmp_path / "results"
+    for seed in (0, 1, 2):
+        base = np.random.default_rng(seed).random(64) < 0.4
+        better = base.copy()
+        better[np.flatnonzero(~base)[:8]] = True
+        for generator, robust in (("none", base), ("edm", better)):
+            record = _result("digits", generator, 0 if generator == "none" else 600, float(robust.mean()))
+            record |= {"seed": seed, "per_point": {"clean": "1" * 64, "robust": "".join("01"[int(v)] for v in robust)}}
+            _write(results, "gowal_smoke", f"digits_linf_{generator}_s{seed}", record)
+    out = tmp_path / "out"
+    report(results, out / "summary.csv", out / "summary.md", out / "scaling.json", out / "plots")
+    paired = (out / "summary.md").read_text().split("## Against real data alone, paired")[1]
+    row, = [line for line in paired.splitlines() if line.startswith("| gowal_smoke | digits | linf | edm |")]
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[6:8] == ["3", "64"] and cells[9] == "+0.00 [+0.00, +0.00]"
+    mean, low, high = (float(v) for v in cells[8].replace("[", "").replace("]", "").replace(",", "").split())
+    assert mean == 12.5 and 0 < low < mean < high           # 8 of 64 points in every seed: an effect it can see
+    with Image.open(out / "plots" / "paired_vs_none.png") as image:
+        image.verify()

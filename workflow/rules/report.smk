@@ -2,7 +2,7 @@
 # pipeline's results and the cells of pipeline.grids; the stage also lists any other result it finds.
 
 PLOTS = ["robust_vs_generated", "clean_vs_robust", "robust_vs_quality", "training_curves", "scaling",
-         "certified_vs_radius"]
+         "certified_vs_radius", "paired_vs_none"]
 
 
 rule report:

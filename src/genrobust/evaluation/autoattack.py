@@ -24,7 +24,7 @@ import torch
 from pyautoattack import AutoAttack
 from torch import nn
 
-from ..attacks.pgd import accuracy, correct
+from ..attacks.pgd import correct
 from ..attacks.threat import Threat
 from ..errors import UserError
 
@@ -49,6 +49,7 @@ class AttackResult:
     per_attack: dict[str, float] = field(default_factory=dict)
     attacks: list[str] = field(default_factory=list)
     robust: torch.Tensor | None = None     # per point: still classified correctly after every attack
+    clean: torch.Tensor | None = None      # per point: classified correctly as it is
 
 
 class _CheckedLogits(nn.Module):
@@ -95,7 +96,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
                    attacks: list[str] | None, batch_size: int, seed: int, source: str = "the model") -> AttackResult:
     """`source` names the model in errors (its checkpoint file)."""
     checked = _CheckedLogits(model, source).eval()
-    clean = accuracy(checked, x, y, batch_size)
+    clean_verdicts = correct(checked, x, y, batch_size)
+    clean = int(clean_verdicts.sum()) / len(x) if len(x) else 0.0
     checked.check(f"of {len(x)} images")
     adversary = AutoAttack(checked, norm=threat.norm, eps=threat.eps, version=version, seed=seed, device=x.device,
                            attacks=attacks if version == "custom" else None)
@@ -124,4 +126,4 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
     for attack in ran:
         last = round(handler.after[attack] * len(x)) / len(x) if attack in handler.after else last
         per_attack[attack] = last
-    return AttackResult(clean, robust, per_attack, ran, verdicts.cpu())
+    return AttackResult(clean, robust, per_attack, ran, verdicts.cpu(), clean_verdicts.cpu())

@@ -62,6 +62,10 @@ def provenance(meta: dict[str, Any], checkpoint: Path, test_path: Path, stages: 
     }
 
 
+def _bits(verdicts: torch.Tensor) -> str:
+    return "".join("1" if v else "0" for v in verdicts.tolist())
+
+
 def _points(cfg: dict[str, Any], available: int, test_path: Path) -> int:
     """How many test points to attack: all that params ask for, or fewer only where params allow it."""
     if available < cfg["n_examples"] and not cfg["allow_fewer"]:
@@ -100,6 +104,8 @@ def evaluate(settings: dict[str, Any], threat: str, checkpoint: Path, test_path:
         "clean_accuracy": result.clean_accuracy,
         "robust_accuracy": result.robust_accuracy,
         "per_attack_accuracy": result.per_attack,
+        # Test points 0..n-1, "1" where classified right: arms that attacked the same points compare point by point.
+        "per_point": {"clean": _bits(result.clean), "robust": _bits(result.robust)},
         "attack": {"package": "pyautoattack", "version": cfg["version"], "attacks": result.attacks,
                    "seed": settings["seed"], "seconds": round(time.perf_counter() - started, 3)},
         "n_examples": n,

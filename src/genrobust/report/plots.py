@@ -14,7 +14,7 @@ from .. import io  # noqa: E402
 from .scaling import AXES  # noqa: E402
 
 FIGURES = ("robust_vs_generated.png", "clean_vs_robust.png", "robust_vs_quality.png", "training_curves.png",
-           "scaling.png", "certified_vs_radius.png")
+           "scaling.png", "certified_vs_radius.png", "paired_vs_none.png")
 QUALITY_AXES = {"fid": "FID (Inception)", "classifier_fd": "classifier FD", "class_agreement": "class agreement",
                 "arc": "ARC (lower: closer to real)"}
 
@@ -118,4 +118,24 @@ def certified_vs_radius(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         axis.legend(fontsize=6)
     else:
         axis.text(0.5, 0.5, "no certified results", ha="center", va="center", transform=axis.transAxes)
+    _save(figure, path)
+
+
+def paired_vs_none(found: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Each arm's paired difference from real data alone, robust and clean, with its 95% bootstrap interval."""
+    figure, axis = plt.subplots(figsize=(6, 0.6 + 0.45 * max(len(found), 1)))
+    for offset, (kind, color) in enumerate((("robust", "C0"), ("clean", "C1"))):
+        ys = [i + 0.15 * (offset * 2 - 1) for i in range(len(found))]
+        axis.errorbar([100 * c[f"{kind}_diff"] for c in found], ys, color=color, fmt="o", capsize=3, label=kind,
+                      xerr=[[100 * (c[f"{kind}_diff"] - c[f"{kind}_low"]) for c in found],
+                            [100 * (c[f"{kind}_high"] - c[f"{kind}_diff"]) for c in found]])
+    axis.axvline(0, color="grey", linewidth=0.8)
+    axis.set_yticks(range(len(found)), [f"{c['grid']}: {c['generator']} {c['num_generated']}" for c in found],
+                    fontsize=7)
+    axis.set(xlabel="accuracy points, arm - none (95% paired bootstrap)", title="Against real data alone")
+    if found:
+        axis.legend(fontsize=7)
+    else:
+        axis.text(0.5, 0.5, "no grid with a none arm and per-point results", ha="center", va="center",
+                  transform=axis.transAxes)
     _save(figure, path)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import io
-from . import arms, certified, plots
+from . import arms, certified, paired, plots
 from .collect import COLUMNS, collect
 from .scaling import fit_scaling
 
@@ -27,7 +27,8 @@ def _cell(r: dict[str, Any], column: str) -> str:
     return str(value)
 
 
-def _markdown(rows: Sequence[dict[str, Any]], certified_rows: Sequence[dict[str, Any]]) -> str:
+def _markdown(rows: Sequence[dict[str, Any]], certified_rows: Sequence[dict[str, Any]],
+              compared: Sequence[dict[str, Any]]) -> str:
     """One table per grid; a flagged row's cell name carries a mark and a footnote with its reasons.
 
     The mark sits on the cell name, not in a column of its own, so that a reader scanning the
@@ -46,6 +47,7 @@ def _markdown(rows: Sequence[dict[str, Any]], certified_rows: Sequence[dict[str,
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += arms.markdown(rows)
+    lines += paired.markdown(compared)
     lines += certified.markdown(certified_rows)
     if notes:
         lines += [f"{FLAG} flagged: a failed sanity check (possible gradient masking) or a partial test set; "
@@ -60,7 +62,8 @@ def report(results_dir: Path, summary_csv: Path, summary_md: Path, scaling_json:
         writer = csv.DictWriter(handle, COLUMNS, lineterminator="\n", extrasaction="ignore")   # notes: Markdown only
         writer.writeheader()
         writer.writerows(rows)
-    io.write_bytes(summary_md, _markdown(rows, certified_rows).encode())
+    compared = paired.comparisons(rows, records)
+    io.write_bytes(summary_md, _markdown(rows, certified_rows, compared).encode())
     fits = fit_scaling(rows)
     io.write_json(scaling_json, fits)
     plots.robust_vs_generated(rows, plots_dir / "robust_vs_generated.png")
@@ -69,6 +72,7 @@ def report(results_dir: Path, summary_csv: Path, summary_md: Path, scaling_json:
     plots.training_curves(records, plots_dir / "training_curves.png")
     plots.scaling(fits, plots_dir / "scaling.png")
     plots.certified_vs_radius(certified_rows, plots_dir / "certified_vs_radius.png")
+    plots.paired_vs_none(compared, plots_dir / "paired_vs_none.png")
     print(f"report: {len(rows)} results and {len(certified_rows)} certified in {summary_csv}, {summary_md}, "
           f"{scaling_json} and {plots_dir}/; "
           f"{len(fits['groups'])} configurations fitted separately")
