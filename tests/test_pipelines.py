@@ -301,7 +301,7 @@ def test_certified_target_and_smoke_grid_run_and_the_report_draws_their_curves(s
     result = json.loads((project / "results/digits_smooth0.25.json").read_text())
     assert (result["sigma"], result["trained_sigma"], result["generator"]) == (0.25, 0.25, "edm")
     assert result["n_examples"] == 16 and result["certify"]["n"] == 100 and len(result["points"]) == 16
-    assert list(result["certified_accuracy"]) == ["0", "0.25", "0.5", "0.75", "1"]
+    assert list(result["certified_accuracy"]) == ["0", "0.25", "0.5", "0.75", "1", "1.25", "1.5"]
     assert result["certified_accuracy"]["0"] == result["clean_accuracy"] >= result["certified_accuracy"]["0.25"]
     assert result["certified_accuracy"]["0.5"] == 0.0      # n = 100 cannot prove more than 0.25 * PhiInv(0.001 ** 0.01)
     assert set(result["stage_wall_time_s"]) >= {"smooth_train", "certify", "pseudo_label"}
@@ -313,6 +313,8 @@ def test_certified_target_and_smoke_grid_run_and_the_report_draws_their_curves(s
     run(["snakemake", "--cores", "2", "results/summary.csv", "--rerun-triggers", "mtime"], project)
     markdown = (project / "results/summary.md").read_text()
     assert "## Certified L2 robustness" in markdown and "digits_smooth0p25_edm_300_relu" in markdown
+    paired = markdown.split("## Certified, with minus without generated data")[1]
+    assert "| sehwag_certified_smoke | digits | 0.25 | edm | 300 | " in paired and "## Certified, best over sigma" in markdown
     assert "digits_smooth0.25" in markdown and "digits_smooth" not in (project / "results/summary.csv").read_text()
     with Image.open(project / "results/plots/certified_vs_radius.png") as image:
         image.verify()

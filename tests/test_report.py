@@ -235,3 +235,25 @@ def test_the_report_compares_each_arm_with_real_data_alone_point_by_point(tmp_pa
     assert mean == 12.5 and 0 < low < mean < high           # 8 of 64 points in every seed: an effect it can see
     with Image.open(out / "plots" / "paired_vs_none.png") as image:
         image.verify()
+
+
+def test_certified_grids_get_the_best_over_sigma_and_the_paired_difference_per_radius() -> None:
+    from genrobust.report.certified import envelope, markdown, with_minus_without
+
+    def cell(generator: str, sigma: float, radii: list) -> dict:
+        points = [{"index": i, "label": 0, "prediction": None if r is None else 0, "radius": r}
+                  for i, r in enumerate(radii)]
+        return {"grid": "g", "cell": f"{generator}{sigma}", "dataset": "digits", "sigma": sigma, "generator": generator,
+                "num_generated": 0 if generator == "none" else 300, "certify": {"seed": 0, "n": 100},
+                "certified_accuracy": {"0": sum(r is not None for r in radii) / 4,
+                                       "0.5": sum(r is not None and r >= 0.5 for r in radii) / 4},
+                "points": points, "abstention_rate": 0.0, "n_examples": 4}
+    rows = [cell("none", 0.25, [0.3, None, None, 0.1]), cell("edm", 0.25, [0.3, 0.6, None, 0.1]),
+            cell("none", 0.5, [0.7, 0.2, None, None]), cell("edm", 0.5, [0.9, 0.8, 0.6, None])]
+    edm25, edm50 = sorted(with_minus_without(rows), key=lambda c: c["sigma"])
+    assert edm25["radii"]["0"][0] == 0.25 and edm25["radii"]["0.5"][0] == 0.25     # point 1: newly certified
+    assert edm50["radii"]["0"][0] == 0.25 and edm50["radii"]["0.5"][0] == 0.5
+    best = {e["generator"]: e["best"] for e in envelope(rows)}
+    assert best["none"] == {"0": (0.5, 0.5), "0.5": (0.25, 0.5)} and best["edm"]["0"] == (0.75, 0.5)
+    text = "\n".join(markdown(rows))
+    assert "## Certified, best over sigma" in text and "| g | digits | 0.5 | edm | 300 | +25.0 [" in text

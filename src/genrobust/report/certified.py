@@ -9,8 +9,11 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from ..errors import UserError
 from ..evaluation.result_schema import CERTIFIED_SCHEMA, validate_result
+from .paired import paired_difference
 
 CERTIFIED_NAME = re.compile(r"_smooth\d")      # results/{dataset}_smooth0.25.json, cells *_smooth0p25_*
 
@@ -35,8 +38,83 @@ def collect_certified(results_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _certified_points(row: dict[str, Any], radius: float) -> dict[int, int]:
+    """Per test index, 1 where the smoothed classifier is right and certified at `radius` (abstentions: 0)."""
+    return {p["index"]: int(p["radius"] is not None and p["prediction"] == p["label"] and p["radius"] >= radius)
+            for p in row["points"]}
+
+
+def with_minus_without(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each generated arm of a certified grid against the grid's `none` arm at the same sigma: per radius, the paired
+    difference in certified accuracy over the test points both certified (seeds paired by certify.seed)."""
+    found = []
+    for row in rows:
+        if row["grid"] == "pipeline" or row["generator"] == "none":
+            continue
+        same = lambda other: (other["grid"], other["dataset"], other["sigma"], other["certify"]["seed"]) == (  # noqa: E731
+            row["grid"], row["dataset"], row["sigma"], row["certify"]["seed"])
+        base = next((other for other in rows if other["generator"] == "none" and same(other)), None)
+        if base is None:
+            continue
+        entry = {k: row[k] for k in ("grid", "dataset", "sigma", "generator", "num_generated")} | {"radii": {}}
+        for radius in row["certified_accuracy"]:
+            ours, theirs = _certified_points(row, float(radius)), _certified_points(base, float(radius))
+            shared = sorted(set(ours) & set(theirs))
+            entry["radii"][radius] = paired_difference(np.array([[theirs[i] for i in shared]]),
+                                                       np.array([[ours[i] for i in shared]]))
+        found.append(entry)
+    return found
+
+
+def envelope(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cohen et al.'s table: per (grid, generator, generated images), the best certified accuracy over sigma at
+    each radius, and the sigma that gives it."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["grid"], row["dataset"], row["generator"], row["num_generated"]), []).append(row)
+    found = []
+    for (grid, dataset, generator, num), members in groups.items():
+        radii = list(dict.fromkeys(r for m in members for r in m["certified_accuracy"]))
+        best = {r: max(((m["certified_accuracy"][r], m["sigma"]) for m in members if r in m["certified_accuracy"]))
+                for r in radii}
+        found.append({"grid": grid, "dataset": dataset, "generator": generator, "num_generated": num, "best": best})
+    return found
+
+
+def _paired_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    compared = with_minus_without(rows)
+    if not compared:
+        return []
+    radii = list(dict.fromkeys(r for c in compared for r in c["radii"]))
+    lines = ["## Certified, with minus without generated data (paired, 95% bootstrap over test points)", "",
+             "| grid | dataset | sigma | generator | generated | " + " | ".join(f"r={r}" for r in radii) + " |",
+             "|" + "---|" * (len(radii) + 5)]
+    for c in compared:
+        cells = [f"{100 * c['radii'][r][0]:+.1f} [{100 * c['radii'][r][1]:+.1f}, {100 * c['radii'][r][2]:+.1f}]"
+                 if r in c["radii"] else "" for r in radii]
+        lines.append(f"| {c['grid']} | {c['dataset']} | {c['sigma']:g} | {c['generator']} | {c['num_generated']} | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _envelope_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    found = [e for e in envelope(rows) if e["grid"] != "pipeline"]
+    if not found:
+        return []
+    radii = list(dict.fromkeys(r for e in found for r in e["best"]))
+    lines = ["## Certified, best over sigma (Cohen et al.'s table; the sigma in brackets)", "",
+             "| grid | dataset | generator | generated | " + " | ".join(f"r={r}" for r in radii) + " |",
+             "|" + "---|" * (len(radii) + 4)]
+    for e in found:
+        cells = [f"{e['best'][r][0]:.1%} ({e['best'][r][1]:g})" if r in e["best"] else "" for r in radii]
+        lines.append(f"| {e['grid']} | {e['dataset']} | {e['generator']} | {e['num_generated']} | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """A table of certified accuracy at the configured radii (percent), abstentions and cost."""
+    """A table of certified accuracy at the configured radii (percent), abstentions and cost; then, for certified
+    grids, the best-over-sigma envelope and each generated arm minus the `none` arm, paired."""
     if not rows:
         return []
     radii = list(dict.fromkeys(r for row in rows for r in row["certified_accuracy"]))
@@ -48,4 +126,4 @@ def markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(f"| {row['grid']} | {row['cell']} | {row['sigma']:g} | {row['generator']} | "
                      f"{row['num_generated']} | " + " | ".join(figures)
                      + f" | {row['abstention_rate']:.1%} | {row['n_examples']} | {row['certify']['n']} |")
-    return lines + [""]
+    return lines + [""] + _envelope_markdown(rows) + _paired_markdown(rows)
