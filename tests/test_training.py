@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -234,3 +235,18 @@ def test_training_length_follows_the_amount_of_generated_data() -> None:
     assert {k: length_for(cfg, 20_000_000)[k] for k in ("epochs", "batch_size", "generated_fraction")} == \
         {"epochs": 2400, "batch_size": 2048, "generated_fraction": 0.8}
     assert (length_for(cfg, 50_000_000)["epochs"], length_for(cfg, 50_000_000)["batch_size"]) == (2000, 512)
+
+
+def test_sehwag_mixing_adds_generated_images_to_a_whole_real_batch() -> None:
+    from genrobust.errors import UserError
+    from genrobust.training.mixed import whole_batch
+    sehwag = {"batch_size": 128, "generated_fraction": 0.5, "mixing": "add"}
+    assert whole_batch(sehwag, 1000, "smooth_train") == 256                      # 128 real + 128 generated
+    assert whole_batch({**sehwag, "mixing": "replace"}, 1000, "smooth_train") == 128
+    assert whole_batch(sehwag, 0, "smooth_train") == 128                         # no generated data: the real batch
+    for batch, fraction in ((512, 0.7), (400, 0.3), (7, 0.9)):
+        total = whole_batch({"batch_size": batch, "generated_fraction": fraction, "mixing": "add"}, 10, "adv_train")
+        mixer = BatchMixer(1000, 1000, total, fraction, seed=0)
+        assert mixer.real_per_batch == batch and mixer.steps_per_epoch() == math.ceil(1000 / batch)
+    with pytest.raises(UserError, match=r"smooth_train.mixing = 'add' .* generated_fraction = 1.0 leaves no room"):
+        whole_batch({**sehwag, "generated_fraction": 1.0}, 10, "smooth_train")

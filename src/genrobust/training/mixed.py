@@ -4,6 +4,7 @@ the two differ only in the objective their recipe names."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,21 @@ def length_for(cfg: dict[str, Any], n_generated: int) -> dict[str, Any]:
     return {**cfg, **{k: v for k, v in entry.items() if k != "min_images"}}
 
 
+def whole_batch(cfg: dict[str, Any], n_generated: int, stage: str) -> int:
+    """The mixer's batch: `batch_size` images of which generated_fraction are generated (`mixing: replace`, Gowal and
+    Wang et al.), or `batch_size` real images plus as many generated ones as make generated_fraction of the whole
+    (`mixing: add`, Sehwag et al.'s 128 real + 128 generated at 0.5); an epoch is a pass over the real images."""
+    fraction = cfg["generated_fraction"]
+    if cfg.get("mixing", "replace") == "replace" or not n_generated:
+        return cfg["batch_size"]
+    if fraction >= 1:
+        raise UserError(f"params.yaml: {stage}.mixing = 'add' adds generated images to {cfg['batch_size']} real ones; "
+                        f"generated_fraction = {fraction} leaves no room for them (expected below 1)")
+    # The largest whole batch T whose T - int(T x fraction) real images (the mixer's count) are batch_size: as T
+    # grows by one that count grows by 0 or 1, so the T before it first exceeds batch_size is the one.
+    return next(t for t in itertools.count(cfg["batch_size"]) if t - int(t * fraction) > cfg["batch_size"]) - 1
+
+
 def train_on_mix(stage: str, settings: dict[str, Any], objective: dict[str, Any], describe: str,
                  train_path: Path, outputs: Outputs, work_dir: Path, shard_dir: Path | None = None,
                  labels_path: Path | None = None, num_generated: int | None = None, restart: bool = False,
@@ -106,12 +122,12 @@ def train_on_mix(stage: str, settings: dict[str, Any], objective: dict[str, Any]
     clock = StageClock(stage, *upstream)
     n_generated = 0 if data.generated_index is None else len(data.generated_index)
     cfg = length_for(cfg, n_generated)
-    mixer = BatchMixer(len(data.real_images), n_generated, cfg["batch_size"], cfg["generated_fraction"], seed,
-                       replacement=cfg["generated_replacement"])
+    mixer = BatchMixer(len(data.real_images), n_generated, whole_batch(cfg, n_generated, stage),
+                       cfg["generated_fraction"], seed, replacement=cfg["generated_replacement"])
     epoch_steps = math.ceil((cfg["epoch_images"] or len(images)) / cfg["batch_size"])
     speed = speed_options(cfg)
     accumulation, planned = accumulation_for(step_memory(cfg["model"], num_classes, objective["loss"], speed["bf16"]),
-                                             cfg["batch_size"] // distributed.world_size(), cfg["accumulation_steps"],
+                                             mixer.batch_size // distributed.world_size(), cfg["accumulation_steps"],
                                              device_memory(), f"{stage}: {model_name(cfg['model'])}")
     recipe = Recipe(total_steps=cfg["epochs"] * epoch_steps, lr=cfg["lr"], momentum=cfg["momentum"],
                     nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"],
@@ -129,7 +145,7 @@ def train_on_mix(stage: str, settings: dict[str, Any], objective: dict[str, Any]
                  workers=loader_workers())
     if not distributed.is_main():
         return
-    meta = clock.meta(history=result.history, images_seen=recipe.total_steps * cfg["batch_size"],
+    meta = clock.meta(history=result.history, images_seen=recipe.total_steps * mixer.batch_size,
                       generator=data.generated.manifest.get("generator", settings["generator"]) if n_generated
                       else "none", num_generated=n_generated, seed=seed,
                       generated_quality=quality if n_generated else None, loss=recipe.loss,
