@@ -170,7 +170,7 @@ def test_train_classifier_refuses_a_bad_train_file_before_training(tmp_path, cap
 
 def test_a_grid_that_names_an_unknown_axis_is_named(tmp_path, capsys) -> None:
     line = _refused(capsys, ["prepare_data", "--dataset", "digits", "--train-out", str(tmp_path / "a.npz"),
-                             "--test-out", str(tmp_path / "b.npz"), "--params", str(ROOT / "params.yaml"),
+                             "--test-out", str(tmp_path / "b.npz"), "--extra-out", str(tmp_path / "c.npz"), "--params", str(ROOT / "params.yaml"),
                              "--set", "grids.mine={dataset: digits, epochs: [1, 2]}"])
     assert line.startswith(f"{ROOT / 'params.yaml'}: unknown key grids.mine.epochs; allowed keys here: ")
     assert "num_images" in line and not list(tmp_path.iterdir())

@@ -84,7 +84,7 @@ def test_the_real_cli_names_a_missing_argument_a_bad_choice_and_an_unknown_stage
 
 def test_an_unknown_dataset_is_one_line_and_verbose_adds_the_traceback(tmp_path) -> None:
     argv = ["prepare_data", "--dataset", "cifar9", "--train-out", str(tmp_path / "a.npz"),
-            "--test-out", str(tmp_path / "b.npz")]
+            "--test-out", str(tmp_path / "b.npz"), "--extra-out", str(tmp_path / "c.npz")]
     quiet = _cli(*argv)
     assert quiet.returncode == 2
     line, = quiet.stderr.strip().splitlines()

@@ -61,7 +61,8 @@ def test_cli_reports_a_bad_param_in_one_line_without_traceback(tmp_path) -> None
     bad = tmp_path / "params.yaml"
     bad.write_text((ROOT / "params.yaml").read_text().replace("generated_fraction: 0.7", "generated_fraction: 2"))
     run = subprocess.run([sys.executable, "-m", "genrobust", "prepare_data", "--dataset", "digits", "--params", str(bad),
-                          "--train-out", str(tmp_path / "a.npz"), "--test-out", str(tmp_path / "b.npz")],
+                          "--train-out", str(tmp_path / "a.npz"), "--test-out", str(tmp_path / "b.npz"),
+                          "--extra-out", str(tmp_path / "c.npz")],
                          capture_output=True, text=True)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [

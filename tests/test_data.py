@@ -213,7 +213,7 @@ def test_digits_split_is_stratified_and_deterministic() -> None:
 
 def test_prepare_data_writes_the_image_contract(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = config.resolve(config.load_params(REPO / "params.yaml"), "digits")
-    prepare_data(settings, tmp_path / "train.npz", tmp_path / "test.npz")
+    prepare_data(settings, tmp_path / "train.npz", tmp_path / "test.npz", tmp_path / "extra_real.npz")
     train_x, train_y = io.load_images(tmp_path / "train.npz", num_classes=10)
     test_x, _ = io.load_images(tmp_path / "test.npz", num_classes=10)
     assert len(train_x) == 1437 and len(test_x) == 360 and set(train_y.tolist()) == set(range(10))

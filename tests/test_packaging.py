@@ -48,7 +48,8 @@ def test_a_plain_install_runs_from_another_directory(tmp_path) -> None:
                             capture_output=True, text=True)
     assert helped.returncode == 0 and "--threat" in helped.stdout, helped.stderr
     ran = subprocess.run([sys.executable, "-m", "genrobust", "prepare_data", "--dataset", "digits",
-                          "--params", str(ROOT / "params.yaml"), "--train-out", "train.npz", "--test-out", "test.npz"],
+                          "--params", str(ROOT / "params.yaml"), "--train-out", "train.npz", "--test-out", "test.npz",
+                           "--extra-out", "extra.npz"],
                          cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stderr
     assert (elsewhere / "train.npz").is_file() and (elsewhere / "test.npz").is_file()

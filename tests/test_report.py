@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -219,9 +220,10 @@ def test_the_report_compares_each_arm_with_real_data_alone_point_by_point(tmp_pa
     results = tmp_path / "results"
     for seed in (0, 1, 2):
         base = np.random.default_rng(seed).random(64) < 0.4
-        better = base.copy()
+        better, best = base.copy(), base.copy()
         better[np.flatnonzero(~base)[:8]] = True
-        for generator, robust in (("none", base), ("edm", better)):
+        best[np.flatnonzero(~base)[:16]] = True                # extra real data: right on 16 more
+        for generator, robust in (("none", base), ("edm", better), ("external", best)):
             record = _result("digits", generator, 0 if generator == "none" else 600, float(robust.mean()))
             record |= {"seed": seed, "per_point": {"clean": "1" * 64, "robust": "".join("01"[int(v)] for v in robust)}}
             _write(results, "gowal_smoke", f"digits_linf_{generator}_s{seed}", record)
@@ -233,6 +235,8 @@ def test_the_report_compares_each_arm_with_real_data_alone_point_by_point(tmp_pa
     assert cells[6:8] == ["3", "64"] and cells[9] == "+0.00 [+0.00, +0.00]"
     mean, low, high = (float(v) for v in cells[8].replace("[", "").replace("]", "").replace(",", "").split())
     assert mean == 12.5 and 0 < low < mean < high           # 8 of 64 points in every seed: an effect it can see
+    share, share_low, share_high = (float(v.rstrip("%")) for v in re.findall(r"[\d.]+%", cells[10]))
+    assert share == 50 and share_low <= 50 <= share_high   # half of what the extra real data gained
     with Image.open(out / "plots" / "paired_vs_none.png") as image:
         image.verify()
 

@@ -61,10 +61,11 @@ def _path(flag: str, help_text: str, required: bool = True) -> tuple[str, dict[s
 
 
 @_stage("prepare_data", "load a dataset and write uint8 32x32x3 train/test npz files", DATASET,
-        _path("--train-out", "train npz to write"), _path("--test-out", "test npz to write"))
+        _path("--train-out", "train npz to write"), _path("--test-out", "test npz to write"),
+        _path("--extra-out", "npz of the training images a `subset` leaves out (extra real data) to write"))
 def _prepare_data(settings: dict, args: argparse.Namespace) -> None:
     from .data.prepare import prepare_data
-    prepare_data(settings, args.train_out, args.test_out)
+    prepare_data(settings, args.train_out, args.test_out, args.extra_out)
 
 
 @_stage("train_diffusion", "train a class-conditional diffusion model (resumable)", DATASET, GENERATOR,

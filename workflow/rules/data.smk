@@ -4,6 +4,7 @@ rule prepare_data:
     output:
         train="data/{dataset}/train.npz",
         test="data/{dataset}/test.npz",
+        extra="data/{dataset}/extra_real.npz",
     params:
         overrides=overrides(),
         settings=lambda w: json.dumps(PARAMS["datasets"][w.dataset], sort_keys=True),
@@ -20,4 +21,4 @@ rule prepare_data:
         runtime=60,
     shell:
         "python -m genrobust prepare_data --dataset {wildcards.dataset} --train-out {output.train} "
-        "--test-out {output.test} {params.overrides} > {log} 2>&1"
+        "--test-out {output.test} --extra-out {output.extra} {params.overrides} > {log} 2>&1"

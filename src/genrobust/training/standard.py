@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ def train_classifier(settings: dict[str, Any], train_path: Path, model_out: Path
     images, labels = load_real(train_path, num_classes)
     model = new_model(cfg["model"], num_classes, images, seed)
     mixer = BatchMixer(len(images), 0, cfg["batch_size"], 0.0, seed)
-    recipe = Recipe(loss="ce", total_steps=cfg["epochs"] * mixer.steps_per_epoch(), lr=cfg["lr"], momentum=0.9,
-                    nesterov=True, weight_decay=cfg["weight_decay"], warmup_fraction=0.025, ema_decay=None, seed=seed,
-                    **speed_options(cfg))
+    # epoch_images: a subset of 200 images still trains as many steps as the whole set would (else 8 epochs are 25).
+    epoch_steps = math.ceil(cfg["epoch_images"] / cfg["batch_size"]) if cfg["epoch_images"] else None
+    recipe = Recipe(loss="ce", total_steps=cfg["epochs"] * (epoch_steps or mixer.steps_per_epoch()), lr=cfg["lr"],
+                    momentum=0.9, nesterov=True, weight_decay=cfg["weight_decay"], warmup_fraction=0.025,
+                    ema_decay=None, seed=seed, epoch_steps=epoch_steps, **speed_options(cfg))
     clock.precision = "bf16" if recipe.bf16 else "fp32"
     result = fit(model, TrainingData(images, labels, flip=settings["dataset"].get("flip", False)), mixer, recipe, work_dir,
                  restart=restart, workers=loader_workers())
