@@ -49,7 +49,11 @@ def check(repo_dir: Path, remote: str | None, write: bool) -> str:
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    with Repo(str(repo_dir)) as repo:
+    try:
+        repo = Repo(str(repo_dir))
+    except DvcException as exc:
+        raise UserError(f"{repo_dir}: {exc}") from exc
+    with repo:
         try:
             found = repo.cloud.get_remote(remote, "push" if write else "pull")
         except DvcException as exc:
