@@ -47,13 +47,16 @@ TARGETS ?= results/digits_linf.json
 DVC_STAGES ?= evaluate
 
 # Record what Snakemake built in dvc.lock and upload it (run after Snakemake, never inside its jobs).
+# remote_check first: one line naming the remote when it cannot be reached or written (DVC's own words do not).
 # dvc commit re-links every file it caches, which gives them new mtimes: the touch puts Snakemake's view back.
 share:
+	python -m genrobust.remote_check --write
 	dvc commit --force --with-deps $(DVC_STAGES)
 	dvc push --with-deps $(DVC_STAGES)
 	snakemake --touch --forceall --cores 1 $(TARGETS)
 
 # On another machine: download, then mark the pulled files up to date for Snakemake (and record its metadata).
 pull:
+	python -m genrobust.remote_check
 	dvc pull --with-deps $(DVC_STAGES)
 	snakemake --touch --forceall --cores 1 $(TARGETS)

@@ -43,6 +43,18 @@ def copy_project(destination: Path) -> Path:
     return destination
 
 
+MAIN_TARGET = "results/digits_linf.json"
+
+
+@pytest.fixture(scope="session")
+def main_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits DAG run once per session (`snakemake --cores 2 results/digits_linf.json`); never changed:
+    tests that run more, share or edit params work on a copy (`shutil.copytree(main_run, ..., symlinks=True)`)."""
+    project = copy_project(tmp_path_factory.mktemp("main_run") / "project")
+    run(["snakemake", "--cores", "2", MAIN_TARGET], project)
+    return project
+
+
 @pytest.fixture
 def params() -> dict:
     return config.load_params(ROOT / "params.yaml")

@@ -25,9 +25,10 @@ def artifacts(root: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def snakemake_project(tmp_path_factory) -> Path:
-    project = copy_project(tmp_path_factory.mktemp("snakemake") / "project")
-    run(["snakemake", "--cores", "2", TARGET], project)
+def snakemake_project(main_run: Path, tmp_path_factory) -> Path:
+    """This module's copy of the session's main run, which its tests share, edit and extend in turn."""
+    project = tmp_path_factory.mktemp("snakemake") / "project"
+    shutil.copytree(main_run, project, symlinks=True)
     return project
 
 
