@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -81,35 +81,31 @@ def envelope(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
-def _paired_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
-    compared = with_minus_without(rows)
-    if not compared:
+def _radius_table(title: str, columns: Sequence[str], entries: Sequence[dict[str, Any]], by_radius: str,
+                  cell: Callable[[Any], str]) -> list[str]:
+    """A Markdown table: the entries' `columns`, then `cell(entry[by_radius][r])` for every radius any entry has."""
+    if not entries:
         return []
-    radii = list(dict.fromkeys(r for c in compared for r in c["radii"]))
-    lines = ["## Certified, with minus without generated data (paired, 95% bootstrap over test points)", "",
-             "| grid | dataset | sigma | generator | generated | " + " | ".join(f"r={r}" for r in radii) + " |",
-             "|" + "---|" * (len(radii) + 5)]
-    for c in compared:
-        cells = [f"{100 * c['radii'][r][0]:+.1f} [{100 * c['radii'][r][1]:+.1f}, {100 * c['radii'][r][2]:+.1f}]"
-                 if r in c["radii"] else "" for r in radii]
-        lines.append(f"| {c['grid']} | {c['dataset']} | {c['sigma']:g} | {c['generator']} | {c['num_generated']} | "
-                     + " | ".join(cells) + " |")
+    radii = list(dict.fromkeys(r for e in entries for r in e[by_radius]))
+    lines = [title, "", "| " + " | ".join(columns) + " | " + " | ".join(f"r={r}" for r in radii) + " |",
+             "|" + "---|" * (len(columns) + len(radii))]
+    for e in entries:
+        lines.append("| " + " | ".join(f"{e[c]:g}" if c == "sigma" else str(e[c]) for c in columns) + " | "
+                     + " | ".join(cell(e[by_radius][r]) if r in e[by_radius] else "" for r in radii) + " |")
     return lines + [""]
+
+
+def _paired_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return _radius_table("## Certified, with minus without generated data (paired, 95% bootstrap over test points)",
+                         ("grid", "dataset", "sigma", "generator", "num_generated"), with_minus_without(rows), "radii",
+                         lambda d: f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]")
 
 
 def _envelope_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
-    found = [e for e in envelope(rows) if e["grid"] != "pipeline"]
-    if not found:
-        return []
-    radii = list(dict.fromkeys(r for e in found for r in e["best"]))
-    lines = ["## Certified, best over sigma (Cohen et al.'s table; the sigma in brackets)", "",
-             "| grid | dataset | generator | generated | " + " | ".join(f"r={r}" for r in radii) + " |",
-             "|" + "---|" * (len(radii) + 4)]
-    for e in found:
-        cells = [f"{e['best'][r][0]:.1%} ({e['best'][r][1]:g})" if r in e["best"] else "" for r in radii]
-        lines.append(f"| {e['grid']} | {e['dataset']} | {e['generator']} | {e['num_generated']} | "
-                     + " | ".join(cells) + " |")
-    return lines + [""]
+    return _radius_table("## Certified, best over sigma (Cohen et al.'s table; the sigma in brackets)",
+                         ("grid", "dataset", "generator", "num_generated"),
+                         [e for e in envelope(rows) if e["grid"] != "pipeline"], "best",
+                         lambda best: f"{best[0]:.1%} ({best[1]:g})")
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
