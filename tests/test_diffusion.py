@@ -233,7 +233,8 @@ def test_flip_mirrors_half_the_batch_only_where_the_dataset_allows(params) -> No
     assert 10 < int(flipped.sum()) < 54 and (mirrored[~flipped][:, :, :, 0] == 0).all()
     # A mirrored digit, house number or shoe is not an image of its class; a mirrored CIFAR image is.
     assert {name: info.get("flip", False) for name, info in params["datasets"].items()} == {
-        "cifar10": True, "cifar100": True, "svhn": False, "fashionmnist": False, "digits": False}
+        "cifar10": True, "cifar100": True, "svhn": False, "fashionmnist": False, "digits": False,
+        "digits_gap": False, "cifar10_extra": True}
 
 
 def test_precision_auto_is_bf16_on_cuda_only_and_bf16_trains_on_a_cpu(tmp_path, settings, train_npz) -> None:
