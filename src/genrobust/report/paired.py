@@ -59,6 +59,12 @@ def _verdicts(rows: Sequence[Mapping[str, Any]], records: Mapping[str, Mapping[s
     return found
 
 
+def _arm_like(groups: Mapping[tuple, Any], arm: Mapping[str, Any], generator: str) -> tuple | None:
+    """The key of the grid's arm with `generator` that `arm` is paired with (same PAIRED_BY values), if any."""
+    return next((k for k in groups if dict(zip(ARM_KEYS, k))["generator"] == generator
+                 and all(dict(zip(ARM_KEYS, k))[p] == arm[p] for p in PAIRED_BY)), None)
+
+
 def comparisons(rows: Sequence[Mapping[str, Any]], records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Each grid arm against its grid's `none` arm (same dataset, threat, model, loss, preset), over shared seeds."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
@@ -68,8 +74,7 @@ def comparisons(rows: Sequence[Mapping[str, Any]], records: Mapping[str, Mapping
     found = []
     for key, members in groups.items():
         arm = dict(zip(ARM_KEYS, key))
-        base_key = next((k for k in groups if k != key and dict(zip(ARM_KEYS, k))["generator"] == "none"
-                         and all(dict(zip(ARM_KEYS, k))[p] == arm[p] for p in PAIRED_BY)), None)
+        base_key = _arm_like(groups, arm, "none")
         if arm["generator"] == "none" or base_key is None:
             continue
         entry = dict(arm)
@@ -82,8 +87,7 @@ def comparisons(rows: Sequence[Mapping[str, Any]], records: Mapping[str, Mapping
             entry |= {"seeds": seeds, "points": len(ours[seeds[0]]), f"{kind}_diff": mean, f"{kind}_low": low,
                       f"{kind}_high": high}
         else:
-            extra_key = next((k for k in groups if dict(zip(ARM_KEYS, k))["generator"] == "external"
-                              and all(dict(zip(ARM_KEYS, k))[p] == arm[p] for p in PAIRED_BY)), None)
+            extra_key = _arm_like(groups, arm, "external")
             if extra_key is not None and extra_key != key:
                 extra, ours = _verdicts(groups[extra_key], records, "robust"), _verdicts(members, records, "robust")
                 base = _verdicts(groups[base_key], records, "robust")
