@@ -16,10 +16,13 @@ standard encoder/decoder, channel_mult_noise 1, resample_filter [1,1]): `c32` (3
 channel_mult [1,2,2], 2 blocks, attention at 16, dropout 0.13, augment_dim 9) and `c8` (8x8, 16
 channels, channel_mult [1,2], 1 block, attention at 4, dropout 0, augment_dim 0). Per config:
 
-    {c}/init/<key>              state_dict right after torch.manual_seed(0) and construction
-    {c}/weights/<key>           init + 0.02 * randn per parameter (torch.Generator seed 1, drawn
-                                in state_dict order for parameters only; buffers, i.e. the
-                                resample filters, stay as built); loaded for fwd, loss, sample
+    {c}/init/<key>              figures of the state_dict right after torch.manual_seed(0) and
+                                construction: float64 [sum, norm, projection, 16 elements]
+                                (edm_reference/convert.py `figures_of`; whole weights would be megabytes)
+    (not stored)                init + 0.02 * randn per parameter (torch.Generator seed 1, drawn in
+                                state_dict order for parameters only; buffers, i.e. the resample
+                                filters, stay as built; edm_reference/figures.py `perturb`, which the
+                                test calls on its own init); loaded for fwd, loss, sample
     {c}/fwd/{x,sigma,class_labels,augment_labels,out,out_uncond_labels_zero}
     {c}/loss/{images,labels,rnd_normal,noise,sigma,loss}   EDMLoss on the eval-mode net
     {c}/sample/{latents,class_labels}
@@ -32,10 +35,7 @@ edm_reference/training_run.py):
 
     c8/step{s}/{images,labels,rnd_normal,noise,loss_sum}   what step s drew (float32)
     c8/step{s}/{lr,ema_beta}                               float64 scalars, as the loop set them
-    c8/step{s}/net/<param>, c8/step{s}/ema/<param>         parameters after step s; one that is
-                                bit-identical to c8/init/<param> is left out (the lr ramp makes step
-                                1's lr 0, so all of step 1) unless --keep-duplicates; the JSON counts
-                                them under configs.c8.training.omitted_equal_to_init
+    c8/step{s}/net/<param>, c8/step{s}/ema/<param>         figures of the parameters after step s
 
 The code is the package tests/golden/edm_reference/ (its __init__ lists one module per part); this
 file is only its entry point. training_loop runs on a CPU under run-time stand-ins that only this

@@ -22,11 +22,9 @@ def main(description: str) -> None:
     parser.add_argument("--out", required=True, help="the npz to write; the JSON goes beside it with the same stem")
     parser.add_argument("--scratch", default=None,
                         help="where the run's dataset, pickles and snapshots go (default: a new folder beside --edm)")
-    parser.add_argument("--keep-duplicates", action="store_true",
-                        help="also write c8/step*/{net,ema}/<param> that are bit-identical to c8/init (1.4 MB more)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="edm_figures_", dir=args.scratch or str(Path(args.edm).resolve().parent)))
-    figures, info = run(args.edm, workdir, args.keep_duplicates)
+    figures, info = run(args.edm, workdir)
     info["workdir"] = str(workdir)
     out = Path(args.out)
     np.savez_compressed(out, **figures)

@@ -17,14 +17,14 @@ import torch
 
 from .configs import (BATCH, COMMIT, CONFIGS, DDPMPP, FULL, FWD_CLASSES, LOSS_CLASSES, SAMPLE_CLASSES, SAMPLE_STEPS,
                       SIGMAS, TRAIN, net_kwargs)
-from .convert import arrays, jsonable
+from .convert import jsonable, weight_figures
 from .figures import forward_figures, loss_figures, perturb, sample_figures, verify_init_recipe
 from .pickle_format import pickle_figures
 from .reference import build, commit_of, load
 from .training_run import train_c8
 
 
-def run(edm: str, workdir: Path, keep_duplicates: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def run(edm: str, workdir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """All arrays and the JSON description, measured from the checkout at `edm`; scratch files go to `workdir`."""
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -32,7 +32,7 @@ def run(edm: str, workdir: Path, keep_duplicates: bool = False) -> tuple[dict[st
     figures: dict[str, np.ndarray] = {}
     info = header(edm)
     for c, cfg in CONFIGS.items():
-        config_arrays, entry = measure_config(ref, c, cfg, workdir, keep_duplicates)
+        config_arrays, entry = measure_config(ref, c, cfg, workdir)
         figures.update(config_arrays)
         if c == "c8":
             info["pickle"] = pickle_figures(ref, Path(entry["training"]["last_snapshot"]))
@@ -61,8 +61,7 @@ def header(edm: str) -> dict[str, Any]:
     }
 
 
-def measure_config(ref: types.SimpleNamespace, c: str, cfg: dict[str, Any], workdir: Path,
-                   keep_duplicates: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def measure_config(ref: types.SimpleNamespace, c: str, cfg: dict[str, Any], workdir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One config's arrays and JSON entry: init, perturbed weights, forward, loss, sampler (and, for c8, training)."""
     net = build(ref, cfg)
     figures: dict[str, np.ndarray] = {}
@@ -75,11 +74,9 @@ def measure_config(ref: types.SimpleNamespace, c: str, cfg: dict[str, Any], work
                             "SongUNet": jsonable(dict(net.model.init_kwargs))}
     entry["init_recipe"] = verify_init_recipe(net)
     init_state = {k: v.clone() for k, v in net.state_dict().items()}
-    figures.update(arrays(f"{c}/init", init_state))
+    figures.update(weight_figures(f"{c}/init", init_state))
     init_net = copy.deepcopy(net)
-    weights = perturb(net)
-    figures.update(arrays(f"{c}/weights", weights))
-    net.load_state_dict(weights)
+    net.load_state_dict(perturb(net))      # not stored: the test rebuilds them from its own init with `perturb`
     net.eval()
     figures.update(forward_figures(c, cfg, net))
     entry["fwd_out_sum"] = float(figures[f"{c}/fwd/out"].astype(np.float64).sum())
@@ -88,7 +85,7 @@ def measure_config(ref: types.SimpleNamespace, c: str, cfg: dict[str, Any], work
     sample_arrays, entry["sample"] = sample_figures(ref, c, cfg, net)
     figures.update(sample_arrays)
     if c == "c8":
-        train_arrays, entry["training"] = train_c8(ref, init_net, workdir, keep_duplicates)
+        train_arrays, entry["training"] = train_c8(ref, init_net, workdir)
         # The committed JSON's wording; the docstrings it means are now training_run's and stand_ins'.
         entry["training"]["method"] = ("NVlabs training.training_loop.training_loop itself, 3 steps (see module docstring "
                                        "for the CPU stand-ins and observers)")

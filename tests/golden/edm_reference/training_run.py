@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .configs import CONFIGS, DATASET_LABELS, DDPMPP, TRAIN, TRAIN_STEPS
-from .convert import arrays, named_params
+from .convert import arrays, named_params, weight_figures
 from .rng_replay import RngReplay
 from .stand_ins import CpuDDP, patched, single_gloo_process
 
@@ -62,8 +62,7 @@ def loop_kwargs(ref: types.SimpleNamespace, data_dir: Path, run_dir: Path, init_
         cudnn_benchmark=False, device=torch.device("cpu"))
 
 
-def train_c8(ref: types.SimpleNamespace, init_net: torch.nn.Module, workdir: Path,
-             keep_duplicates: bool = False) -> tuple[dict, dict]:
+def train_c8(ref: types.SimpleNamespace, init_net: torch.nn.Module, workdir: Path) -> tuple[dict, dict]:
     """Three steps of NVlabs' training_loop.training_loop on a folder of 8x8 PNGs, starting from c8/init.
 
     The loop builds its own net from its own seed; `resume_pkl` (a pickle of dict(ema=init_net))
@@ -114,34 +113,25 @@ def train_c8(ref: types.SimpleNamespace, init_net: torch.nn.Module, workdir: Pat
         ref.training_loop.training_loop(**kwargs)
 
     assert len(calls) == TRAIN_STEPS and len(ticks) == TRAIN_STEPS + 1, (len(calls), len(ticks))
-    figures, checks = step_figures(calls, ticks, named_params(init_net), keep_duplicates)
+    figures, checks = step_figures(calls, ticks, named_params(init_net))
     checks["stdout_lines"] = len(out.getvalue().splitlines())
     return figures, checks
 
 
-def step_figures(calls: list[dict[str, Any]], ticks: list[dict[str, Any]], init: dict[str, torch.Tensor],
-                 keep_duplicates: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Each step's draws, lr, EMA beta and weights as npz arrays, and the JSON's checks of what the observers saw.
-
-    Weights bit-identical to init are left out unless `keep_duplicates`: step 1's lr is 0, so
-    storing them would only repeat c8/init (the JSON counts them instead).
-    """
+def step_figures(calls: list[dict[str, Any]], ticks: list[dict[str, Any]],
+                 init: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Each step's draws, lr, EMA beta and weights' figures as npz arrays, and the JSON's checks of what the observers saw."""
     figures: dict[str, np.ndarray] = {}
     checks: dict[str, Any] = {"start_equals_init": all(torch.equal(ticks[0][w][k], init[k]) for w in ("net", "ema") for k in init),
                               "loss_draws_exact": [c["exact"] for c in calls], "net_training_mode": [c["training"] for c in calls]}
     steps = []
-    omitted: dict[str, int] = {}
     for s in range(1, TRAIN_STEPS + 1):
         call, tick = calls[s - 1], ticks[s]
         figures.update(arrays(f"c8/step{s}", {k: call[k] for k in ("images", "labels", "rnd_normal", "noise", "loss_sum")}))
         figures[f"c8/step{s}/lr"] = np.array(tick["lr"], dtype=np.float64)
         figures[f"c8/step{s}/ema_beta"] = np.array(tick["ema_beta"], dtype=np.float64)
         for which in ("net", "ema"):
-            same = [k for k in init if torch.equal(tick[which][k], init[k])]
-            if same and not keep_duplicates:          # lr 0 at step 1: the whole step leaves net and EMA at init
-                omitted[f"c8/step{s}/{which}"] = len(same)
-            kept = {k: v for k, v in tick[which].items() if keep_duplicates or k not in same}
-            figures.update(arrays(f"c8/step{s}/{which}", kept))
+            figures.update(weight_figures(f"c8/step{s}/{which}", tick[which]))
         check = {}
         if "snapshot" in tick:
             with open(tick["snapshot"], "rb") as f:
@@ -154,6 +144,5 @@ def step_figures(calls: list[dict[str, Any]], ticks: list[dict[str, Any]], init:
                           loss_sum=float(call["loss_sum"]), labels=call["labels"].argmax(1).tolist(),
                           net_changed=any(not torch.equal(tick["net"][k], ticks[s - 1]["net"][k]) for k in init), **check))
     checks["steps"] = steps
-    checks["omitted_equal_to_init"] = omitted
     checks["last_snapshot"] = str(ticks[-1].get("snapshot"))
     return figures, checks
