@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -83,11 +83,16 @@ def reference_arm(path: str, depth: int, width: int, x: torch.Tensor, y: torch.T
     return lambda: trainer.train([(x, y)], epoch=1, adversarial=True)["loss"]
 
 
+def paper_recipe(attack_steps: int, total_steps: int = 400 * 98, **options: Any) -> Recipe:
+    """DM-Improves-AT's TRADES recipe (params.yaml's paper adv_train) with `attack_steps`: what every benchmark times."""
+    return Recipe("trades", total_steps, 0.2, 0.9, True, 5e-4, 0.025, 0.995, 0, Threat("Linf", 8 / 255, 2 / 255),
+                  attack_steps, 5.0, 0.1, schedule="cosinew", bn_momentum=0.01, trades_attack="batch", **options)
+
+
 def ours_arm(spec: dict, x: torch.Tensor, y: torch.Tensor, attack_steps: int, device: torch.device,
              **options: bool) -> tuple[torch.nn.Module, Callable[[], float]]:
     """train_step with the paper recipe: what adv_train runs per batch."""
-    recipe = Recipe("trades", 400 * 98, 0.2, 0.9, True, 5e-4, 0.025, 0.995, 0, Threat("Linf", 8 / 255, 2 / 255),
-                    attack_steps, 5.0, 0.1, schedule="cosinew", bn_momentum=0.01, trades_attack="batch", **options)
+    recipe = paper_recipe(attack_steps, **options)
     torch.manual_seed(0)
     model = build_classifier(spec, 10, [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]).to(device)
     if recipe.channels_last:

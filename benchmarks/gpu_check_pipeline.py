@@ -3,7 +3,6 @@ gpu_check_training.py for the training ones and `Scale`)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -15,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch._dynamo
 import torch.multiprocessing as mp
 
 from genrobust.certification.certify import class_counts
@@ -24,9 +22,11 @@ from genrobust.diffusion.sample import to_uint8
 from genrobust.evaluation.autoattack import run_autoattack
 from genrobust.resume import StateFile
 from genrobust.training.batches import TrainingData
+from genrobust.training.compile_check import EXPECTED_GRAPHS, compiled_graphs
 from genrobust.training.ema import EMA
-from genrobust.training.loop import fit, make_optimizer
+from genrobust.training.loop import make_optimizer
 from genrobust.training.mixing import BatchMixer
+from genrobust.training.rank_check import check_ranks_match_one, worker
 
 from gpu_check_training import LINF, Scale, _recipe, _timed, _wrn
 
@@ -99,39 +99,23 @@ def state_save(scale: Scale, device: torch.device) -> dict[str, Any]:
 
 def compile_graphs(scale: Scale, device: torch.device, tiny: bool) -> dict[str, Any]:
     """Graphs torch.compile makes for TRADES training with accumulation (the eager backend on a CPU, to stay quick)."""
-    torch._dynamo.reset()
-    compile_ = torch.compile
-    if tiny:
-        torch.compile = functools.partial(compile_, backend="eager")
-    try:
-        rng = np.random.default_rng(0)
-        data = TrainingData(rng.integers(0, 256, (8 * scale.batch, 32, 32, 3), dtype=np.uint8),
-                            rng.integers(0, 10, 8 * scale.batch))
-        recipe = _recipe(device.type == "cuda", steps=scale.attack_steps, total=4, compile=True, accumulation_steps=2,
-                         epoch_steps=2)
-        fit(_wrn(scale).to(device), data, BatchMixer(len(data.real_labels), 0, 2 * scale.batch, 0.0, 0), recipe,
-            Path(tempfile.mkdtemp()), log=lambda _: None)
-    finally:
-        torch.compile = compile_
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    if graphs != 3:
-        raise AssertionError(f"{graphs} graphs for 4 steps; expected 3 (attack without and with grad, final)")
+    rng = np.random.default_rng(0)
+    data = TrainingData(rng.integers(0, 256, (8 * scale.batch, 32, 32, 3), dtype=np.uint8),
+                        rng.integers(0, 10, 8 * scale.batch))
+    recipe = _recipe(device.type == "cuda", steps=scale.attack_steps, total=4, compile=True, accumulation_steps=2,
+                     epoch_steps=2)
+    graphs = compiled_graphs(_wrn(scale).to(device), data, BatchMixer(len(data.real_labels), 0, 2 * scale.batch, 0.0, 0),
+                             recipe, backend="eager" if tiny else None)
+    if graphs != EXPECTED_GRAPHS:
+        raise AssertionError(f"{graphs} graphs for 4 steps; expected {EXPECTED_GRAPHS} (attack without and with grad, final)")
     return {"unique_graphs": graphs}
-
-
-def _rank(rank: int, store: str, out: str) -> None:
-    sys.path.insert(0, str(ROOT))
-    from tests.test_distributed import _worker
-    _worker(rank, 2, store, out)
 
 
 def two_ranks(device: torch.device) -> dict[str, Any]:
     """Two data-parallel processes (gloo) end with identical weights that match one process's."""
     folder = Path(tempfile.mkdtemp())
     started = time.perf_counter()
-    mp.spawn(_rank, args=(str(folder / "store"), str(folder)), nprocs=2, join=True)
-    sys.path.insert(0, str(ROOT))
-    from tests.test_distributed import check_ranks_match_one
+    mp.spawn(worker, args=(2, str(folder / "store"), str(folder)), nprocs=2, join=True)
     check_ranks_match_one(folder)
     return {"ranks": 2, "match_one_process": True, "seconds": round(time.perf_counter() - started, 1)}
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from adv_train import measure
+from adv_train import measure, paper_recipe
 
 from genrobust.attacks.threat import Threat
 from genrobust.host_syncs import HostSyncs
@@ -65,9 +65,8 @@ def _timed(work: Callable[[], Any], device: torch.device, iters: int) -> float:
 
 
 def _recipe(bf16: bool, steps: int = 10, total: int = 1000, **extra: Any) -> Recipe:
-    """The paper's TRADES recipe (DM-Improves-AT), `steps` attack steps, bf16 and channels_last on a GPU."""
-    return Recipe("trades", total, 0.2, 0.9, True, 5e-4, 0.025, 0.995, 0, LINF, steps, 5.0, 0.1,
-                  schedule="cosinew", bn_momentum=0.01, bf16=bf16, channels_last=bf16, **extra)
+    """The paper's TRADES recipe with `steps` attack steps; bf16 and channels_last on a GPU."""
+    return paper_recipe(steps, total, bf16=bf16, channels_last=bf16, **extra)
 
 
 def trades_step(scale: Scale, device: torch.device) -> dict[str, Any]:

@@ -4,7 +4,6 @@ neither recompiles nor all-reduces on every micro-batch."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,9 @@ from genrobust.host_syncs import HostSyncs
 from genrobust.models.checkpoint import build_classifier
 from genrobust.provenance import StageClock
 from genrobust.training.batches import TrainingData, interleave
+from genrobust.training.compile_check import EXPECTED_GRAPHS, compiled_graphs
 from genrobust.training.loader import batches
-from genrobust.training.loop import Recipe, _step, fit, make_optimizer, train_step
+from genrobust.training.loop import Recipe, _step, make_optimizer, train_step
 from genrobust.training.mixing import BatchMixer
 
 from .conftest import LINF
@@ -88,20 +88,16 @@ def test_a_training_step_never_waits_for_the_device() -> None:
     assert syncs.seen == [] and loss.shape == ()
 
 
-def test_compiled_training_compiles_each_forward_once(monkeypatch, tmp_path: Path) -> None:
+def test_compiled_training_compiles_each_forward_once() -> None:
     """The attack's two forwards and the final one: three graphs, however many steps (the momentum-1 first step
     runs eagerly; compiled, it doubled them)."""
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    torch._dynamo.reset()
     torch.manual_seed(0)
     model = build_classifier(TINY_WRN, 10, [0.5] * 3, [0.25] * 3)
     rng = np.random.default_rng(0)
     data = TrainingData(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 64))
     recipe = Recipe("trades", 4, 0.1, 0.9, True, 5e-4, 0.1, 0.99, 0, LINF, 2, 6.0, 0.1, compile=True,
                     bn_momentum=0.01, accumulation_steps=2, epoch_steps=2)
-    fit(model, data, BatchMixer(64, 0, 16, 0.0, 0), recipe, tmp_path, log=lambda _: None)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3
-    torch._dynamo.reset()
+    assert compiled_graphs(model, data, BatchMixer(64, 0, 16, 0.0, 0), recipe, backend="eager") == EXPECTED_GRAPHS == 3
 
 
 def test_compiled_ddp_all_reduces_on_the_last_micro_batch_only(monkeypatch, tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from genrobust.training.rank_check import check_ranks_match_one
+
 from .conftest import ENV, ROOT, copy_project, run
-from .test_distributed import check_ranks_match_one
 
 TARGET = "results/digits_linf.json"
 OVERLAY = ROOT / "tests" / "slurm"
@@ -137,8 +138,8 @@ def test_a_multi_gpu_rule_is_one_task_running_torchrun(cluster_run: dict) -> Non
 
 def test_two_gloo_processes_under_srun_match_one(tmp_path: Path) -> None:
     """tests/test_distributed.py's check, with the two processes started by srun as two SLURM tasks."""
-    worker = ("import os, sys; from tests.test_distributed import _worker; "
-              "_worker(int(os.environ['SLURM_PROCID']), 2, sys.argv[1], sys.argv[2])")
+    worker = ("import os, sys; from genrobust.training.rank_check import worker; "
+              "worker(int(os.environ['SLURM_PROCID']), 2, sys.argv[1], sys.argv[2])")
     run(["srun", "--ntasks=2", "--cpus-per-task=1", "--mem=2000", "--time=10", f"--chdir={ROOT}", sys.executable,
          "-c", worker, str(tmp_path / "store"), str(tmp_path)], ROOT)
     check_ranks_match_one(tmp_path)
