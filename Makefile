@@ -23,7 +23,7 @@ demo: install
 	@python -c "import json; q = json.load(open('data/digits/generated/edm/quality.json')); print(f\"generated digits: the classifier agrees with their class on {q['class_agreement']['overall']:.1%}; ARC {q['arc']['value']:.3f}, classifier FD {q['classifier_fd']['value']:.1f} (data/digits/generated/edm/quality.json)\")"
 
 test: install
-	python -m pytest -ra
+	python -m pytest -ra --durations=25
 
 lint: install
 	snakemake --lint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,22 @@ def run(args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.Completed
     done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done
+
+
+def parse_dry_run(output: str) -> dict[str, list[dict]]:
+    """Jobs of `snakemake -n -p` (or of a real run's log: `localrule X:`) by rule: inputs, outputs and shell command."""
+    jobs: dict[str, list[dict]] = {}
+    job: dict = {}
+    for line in output.splitlines():
+        line = line.strip()                 # a grouped job (the SLURM profile's shards) is indented in its group
+        if match := re.match(r"(?:local)?rule (\w+):$", line):
+            job = {"input": [], "output": []}
+            jobs.setdefault(match.group(1), []).append(job)
+        elif match := re.match(r"(input|output): (.*)$", line):
+            job[match.group(1)] = match.group(2).split(", ")
+        elif line.startswith("Shell command: "):
+            job["shell"] = line.removeprefix("Shell command: ")
+    return jobs
 
 
 def copy_project(destination: Path) -> Path:

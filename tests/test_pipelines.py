@@ -13,7 +13,7 @@ import yaml
 
 from genrobust import code_deps
 
-from .conftest import ENV, ROOT, copy_project, run
+from .conftest import ENV, ROOT, copy_project, parse_dry_run, run
 
 ARTIFACTS = ("data", "models", "results")
 TARGET = "results/digits_linf.json"
@@ -30,22 +30,6 @@ def snakemake_project(main_run: Path, tmp_path_factory) -> Path:
     project = tmp_path_factory.mktemp("snakemake") / "project"
     shutil.copytree(main_run, project, symlinks=True)
     return project
-
-
-def parse_dry_run(output: str) -> dict[str, list[dict]]:
-    """Jobs of `snakemake -n -p` by rule: their inputs, outputs and shell command."""
-    jobs: dict[str, list[dict]] = {}
-    job: dict = {}
-    for line in output.splitlines():
-        line = line.strip()                 # a grouped job (the SLURM profile's shards) is indented in its group
-        if match := re.match(r"rule (\w+):$", line):
-            job = {"input": [], "output": []}
-            jobs.setdefault(match.group(1), []).append(job)
-        elif match := re.match(r"(input|output): (.*)$", line):
-            job[match.group(1)] = match.group(2).split(", ")
-        elif line.startswith("Shell command: "):
-            job["shell"] = line.removeprefix("Shell command: ")
-    return jobs
 
 
 @pytest.mark.e2e

@@ -43,9 +43,9 @@ def _step(path: Path) -> int:
 # --- the training loop (train_classifier, adv_train) ---------------------------------------------------------------
 
 def _fit(work: Path, log: Callable[[str], None] = lambda _: None, recipe: Recipe = RECIPE,
-         restart: bool = False) -> FitResult:
+         restart: bool = False, first_label: int = 0) -> FitResult:
     rng = np.random.default_rng(0)
-    labels = np.arange(40, dtype=np.int64) % 2
+    labels = (np.arange(40, dtype=np.int64) + first_label) % 2
     images = (labels[:, None, None, None] * 120 + rng.integers(0, 60, (40, 32, 32, 3))).astype(np.uint8)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -123,6 +123,27 @@ def test_loop_state_from_other_settings_is_set_aside_not_an_error(tmp_path: Path
     assert logs[0] == f"{state}: made with other settings; moved it to {state}.stale, starting from step 0"
     assert [row["step"] for row in changed.history] == [4, 8, 12, 16]
     assert torch.load(tmp_path / "work" / "state.pt.stale", weights_only=False)["key"] == old_key
+
+
+def test_loop_state_from_other_training_data_or_without_a_data_record_is_set_aside(tmp_path: Path) -> None:
+    """Snakemake reruns adv_train when its data changes (a new subset, re-filtered pseudo-labels) but keeps the work
+    folder: the finished state of the old data must not be taken for this run's."""
+    _fit(tmp_path / "work")
+    state = tmp_path / "work" / "state.pt"
+    logs: list[str] = []
+    other = _fit(tmp_path / "work", logs.append, first_label=1)
+    assert logs[0] == f"{state}: made from other training data; moved it to {state}.stale, starting from step 0"
+    assert [row["step"] for row in other.history] == [4, 8, 12, 16]
+    older = torch.load(state, weights_only=False)
+    del older["data"]
+    torch.save(older, state)
+    logs.clear()
+    _fit(tmp_path / "work", logs.append, first_label=1)
+    assert logs[0] == (f"{state}: saved without a record of its training data (an older genrobust); moved it to "
+                       f"{state}.stale, starting from step 0")
+    logs.clear()
+    _fit(tmp_path / "work", logs.append, first_label=1)
+    assert logs == [f"resuming from {state} at step 16/16"]                  # the same data resumes
 
 
 # --- diffusion training ------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ reading only those images from the shards, with exactly the draws they get in th
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,17 @@ class TrainingData:
     generated_index: np.ndarray | None = None     # mixer index -> global shard index (kept images only)
     generated_labels: np.ndarray | None = None    # pseudo-labels, aligned with generated_index
     flip: bool = True                             # mirror images at random (datasets.<name>.flip)
+
+    def identity(self) -> str:
+        """A digest of what training reads: the real images and labels, the generated shards (by their manifest's
+        hashes), which of their images are kept and with which labels. A resume state records it, so that a run
+        on other data (a new subset, a re-filtered or resampled set) never continues another run's weights."""
+        digest = hashlib.sha256(bytes([self.flip]))
+        for array in (self.real_images, self.real_labels, self.generated_index, self.generated_labels):
+            digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+        if self.generated is not None:
+            digest.update(json.dumps([shard["sha256"] for shard in self.generated.manifest["shards"]]).encode())
+        return digest.hexdigest()[:16]
 
 
 def interleave(n_real: int, n_generated: int) -> np.ndarray:

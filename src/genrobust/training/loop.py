@@ -192,8 +192,18 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
     bar = tqdm(total=recipe.total_steps, unit="step", disable=not main, file=sys.stderr,
                mininterval=1 if sys.stderr.isatty() else 30, dynamic_ncols=True)
     log = (log or bar.write) if main else (lambda _: None)
-    resumed = state_file.load(lambda state: None if state["key"] == recipe.key() else "made with other settings",
-                              log, restart)
+    data_key = data.identity()
+
+    def unusable(state: dict) -> str | None:
+        """Why a state cannot continue this run. One saved before states recorded their data cannot be shown to
+        match: continuing it could silently train on with another data set's weights, so it is set aside too."""
+        if state["key"] != recipe.key():
+            return "made with other settings"
+        if "data" not in state:
+            return "saved without a record of its training data (an older genrobust)"
+        return "made from other training data" if state["data"] != data_key else None
+
+    resumed = state_file.load(unusable, log, restart)
     if resumed is not None:
         state_path, state = resumed
         model.load_state_dict(state["model"])
@@ -230,9 +240,9 @@ def fit(model: nn.Module, data: TrainingData, mixer: BatchMixer, recipe: Recipe,
             model.train()
             history.append(row)
             log(_describe(row))
-            state_file.save_in_background({"key": recipe.key(), "step": step, "model": model.state_dict(),
-                                           "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema else None,
-                                           "history": history, "best": best})
+            state_file.save_in_background({"key": recipe.key(), "data": data_key, "step": step,
+                                           "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                           "ema": ema.state_dict() if ema else None, "history": history, "best": best})
             seen_loss, seen, started = torch.zeros((), device=device), 0, time.perf_counter()
     state_file.wait()
     bar.close()
