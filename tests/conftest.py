@@ -24,9 +24,15 @@ PROJECT = ["Snakefile", "workflow", "envs", "params.yaml", "dvc.yaml", ".dvcigno
 ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
 
-def run(args: list[str], cwd: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
+# Toy grids are many jobs that mostly start Python: one thread each (`--max-threads 1`, one OpenMP thread) lets
+# Snakemake run two at a time on 2 cores, which takes 51 s where one at a time takes 80 s (the tiny gap grid).
+TWO_AT_A_TIME = ["--max-threads", "1"]
+ONE_THREAD = dict(ENV, OMP_NUM_THREADS="1")
+
+
+def run(args: list[str], cwd: Path, timeout: int = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a real command (snakemake, dvc, git, make) with this venv first on PATH; fail with its output."""
-    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(args, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done
 

@@ -13,7 +13,7 @@ import yaml
 
 from genrobust import code_deps
 
-from .conftest import ENV, ROOT, copy_project, parse_dry_run, run
+from .conftest import ENV, ONE_THREAD, ROOT, TWO_AT_A_TIME, copy_project, parse_dry_run, run
 
 ARTIFACTS = ("data", "models", "results")
 TARGET = "results/digits_linf.json"
@@ -59,12 +59,14 @@ def test_snakemake_runs_the_whole_dag_on_digits(snakemake_project: Path) -> None
 
 @pytest.mark.e2e
 def test_a_configfile_replans_only_what_it_changes(snakemake_project: Path, tmp_path: Path) -> None:
-    """`--configfile` with one changed key plans and runs only the rules downstream of it; nested `--config`
+    """`--configfile` with changed evaluate keys plans and runs only the rules downstream of them; nested `--config`
     values and a float without a dot (1e-6) arrive typed, as YAML 1.2 reads them."""
     project = tmp_path / "project"
     shutil.copytree(snakemake_project, project, symlinks=True)
     # digits runs the smoke preset, whose evaluate section sets n_examples: the preset's key is the one to change.
-    (project / "my.yaml").write_text("presets:\n  smoke:\n    evaluate:\n      n_examples: 24\n")
+    # (APGD-CE alone: the suite's time goes to planning, not to a second full AutoAttack.)
+    (project / "my.yaml").write_text("presets:\n  smoke:\n"
+                                     "    evaluate: {n_examples: 24, version: custom, attacks: [apgd-ce]}\n")
     # --configfile and --config take several values: the target goes first (after them it would be read as one).
     plan = parse_dry_run(run(["snakemake", "-n", "-p", "--cores", "2", TARGET, "--configfile", "my.yaml"],
                              project).stdout)
@@ -250,7 +252,7 @@ def test_a_smoke_grid_shares_upstream_work_and_the_report_lists_every_cell(snake
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, re.MULTILINE))
     # One diffusion model and one set of shards (already built by the main run) serve all four cells.
     assert counts == {"adv_train_cell": "4", "evaluate_cell": "4", "grid_sehwag_smoke": "1", "total": "9"}, plan
-    run(["snakemake", "--cores", "2", "grid_sehwag_smoke"], project)
+    run(["snakemake", "--cores", "2", *TWO_AT_A_TIME, "grid_sehwag_smoke"], project, env=ONE_THREAD)
     # The main result is older than the params edit but newer than its inputs: mtime says keep it.
     run(["snakemake", "--cores", "2", "results/summary.csv", "--rerun-triggers", "mtime"], project)
     summary = (project / "results/summary.csv").read_text()
@@ -282,7 +284,8 @@ def test_certified_target_and_smoke_grid_run_and_the_report_draws_their_curves(s
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, re.MULTILINE))
     assert counts == {"smooth_train": "1", "certify": "1", "smooth_train_cell": "4", "certify_cell": "4",
                       "grid_sehwag_certified_smoke": "1", "total": "11"}, plan
-    run(["snakemake", "--cores", "2", "results/digits_smooth0.25.json", "grid_sehwag_certified_smoke"], project)
+    run(["snakemake", "--cores", "2", *TWO_AT_A_TIME, "results/digits_smooth0.25.json", "grid_sehwag_certified_smoke"],
+        project, env=ONE_THREAD)
     result = json.loads((project / "results/digits_smooth0.25.json").read_text())
     assert (result["sigma"], result["trained_sigma"], result["generator"]) == (0.25, 0.25, "edm")
     assert result["n_examples"] == 16 and result["certify"]["n"] == 100 and len(result["points"]) == 16
