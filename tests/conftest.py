@@ -24,12 +24,6 @@ PROJECT = ["Snakefile", "workflow", "envs", "params.yaml", "dvc.yaml", ".dvcigno
 ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
 
-# Toy grids are many jobs that mostly start Python: one thread each (`--max-threads 1`, one OpenMP thread) lets
-# Snakemake run two at a time on 2 cores, which takes 51 s where one at a time takes 80 s (the tiny gap grid).
-TWO_AT_A_TIME = ["--max-threads", "1"]
-ONE_THREAD = dict(ENV, OMP_NUM_THREADS="1")
-
-
 def run(args: list[str], cwd: Path, timeout: int = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a real command (snakemake, dvc, git, make) with this venv first on PATH; fail with its output."""
     done = subprocess.run(args, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
@@ -51,6 +45,13 @@ def parse_dry_run(output: str) -> dict[str, list[dict]]:
         elif line.startswith("Shell command: "):
             job["shell"] = line.removeprefix("Shell command: ")
     return jobs
+
+
+def run_two_at_a_time(snakemake: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """A toy grid's `snakemake ...` with one thread a job (`--max-threads 1` and one OpenMP thread, which only make
+    sense together): its jobs mostly start Python, so two at a time on 2 cores take 51 s where one at a time takes
+    80 s (the tiny gap grid)."""
+    return run([*snakemake, "--max-threads", "1"], cwd, env=dict(ENV, OMP_NUM_THREADS="1"))
 
 
 def copy_project(destination: Path) -> Path:

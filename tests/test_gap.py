@@ -18,7 +18,7 @@ from genrobust.data.prepare import prepare_data
 from genrobust.data.subset import class_balanced
 from genrobust.errors import UserError
 
-from .conftest import ONE_THREAD, ROOT, TWO_AT_A_TIME, parse_dry_run, run
+from .conftest import ROOT, parse_dry_run, run, run_two_at_a_time
 
 
 def _rows(images: np.ndarray) -> set[bytes]:
@@ -67,9 +67,9 @@ def test_a_tiny_gap_grid_runs_every_arm_on_the_subset_and_the_report_pairs_each_
     project = tmp_path / "p"
     shutil.copytree(main_run, project, symlinks=True)
     (project / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    command = ["snakemake", "--cores", "2", *TWO_AT_A_TIME, "grid_gowal_gap_smoke", "--configfile", "workflow/demo.yaml",
+    command = ["snakemake", "--cores", "2", "grid_gowal_gap_smoke", "--configfile", "workflow/demo.yaml",
                "workflow/gap_smoke.yaml", "tiny.yaml"]
-    jobs = parse_dry_run(run(command, project, env=ONE_THREAD).stderr)    # the jobs it ran, as it logged them
+    jobs = parse_dry_run(run_two_at_a_time(command, project).stderr)     # the jobs it ran, as it logged them
     cells = [job["output"][0] for job in jobs["evaluate_cell"]]
     assert sorted(cells) == sorted(f"results/grid/gowal_gap_smoke/digits_gap_linf_{arm}_silu_seed0.json" for arm in ARMS)
     for rule in ("train_diffusion", "train_classifier", "fit_gaussian"):      # the generators see the subset only

@@ -13,7 +13,7 @@ import yaml
 
 from genrobust import code_deps
 
-from .conftest import ENV, ONE_THREAD, ROOT, TWO_AT_A_TIME, copy_project, parse_dry_run, run
+from .conftest import ENV, ROOT, copy_project, parse_dry_run, run, run_two_at_a_time
 
 ARTIFACTS = ("data", "models", "results")
 TARGET = "results/digits_linf.json"
@@ -252,7 +252,7 @@ def test_a_smoke_grid_shares_upstream_work_and_the_report_lists_every_cell(snake
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, re.MULTILINE))
     # One diffusion model and one set of shards (already built by the main run) serve all four cells.
     assert counts == {"adv_train_cell": "4", "evaluate_cell": "4", "grid_sehwag_smoke": "1", "total": "9"}, plan
-    run(["snakemake", "--cores", "2", *TWO_AT_A_TIME, "grid_sehwag_smoke"], project, env=ONE_THREAD)
+    run_two_at_a_time(["snakemake", "--cores", "2", "grid_sehwag_smoke"], project)
     # The main result is older than the params edit but newer than its inputs: mtime says keep it.
     run(["snakemake", "--cores", "2", "results/summary.csv", "--rerun-triggers", "mtime"], project)
     summary = (project / "results/summary.csv").read_text()
@@ -284,8 +284,8 @@ def test_certified_target_and_smoke_grid_run_and_the_report_draws_their_curves(s
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", plan, re.MULTILINE))
     assert counts == {"smooth_train": "1", "certify": "1", "smooth_train_cell": "4", "certify_cell": "4",
                       "grid_sehwag_certified_smoke": "1", "total": "11"}, plan
-    run(["snakemake", "--cores", "2", *TWO_AT_A_TIME, "results/digits_smooth0.25.json", "grid_sehwag_certified_smoke"],
-        project, env=ONE_THREAD)
+    run_two_at_a_time(["snakemake", "--cores", "2", "results/digits_smooth0.25.json", "grid_sehwag_certified_smoke"],
+                      project)
     result = json.loads((project / "results/digits_smooth0.25.json").read_text())
     assert (result["sigma"], result["trained_sigma"], result["generator"]) == (0.25, 0.25, "edm")
     assert result["n_examples"] == 16 and result["certify"]["n"] == 100 and len(result["points"]) == 16
